@@ -1,0 +1,238 @@
+"""The plain data every layer passes along.
+
+Scenario-side models (what users write) are frozen pydantic models, validated by
+the loader. Result-side models (what probes and the runner produce) are frozen
+dataclasses: they are built on the hot path and only need to be plain data.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Mapping
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+# --------------------------------------------------------------------------- values
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 1.5, "250ms", "4s", "5m", "1h", "1m30s"."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}: use a number with ms, s, m or h, e.g. 1.5s")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"bad duration {value!r}: must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    raise ValueError(f"bad duration {value!r}: use a number with ms, s, m or h, e.g. 1.5s")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Levels(Frozen):
+    """Two limits on one measure: past `degraded` the run is degraded, past `failed` it fails.
+
+    Whether "past" means above or below depends on the measure (see checks.HIGHER_IS_BETTER).
+    A bare value in `expect:` is the failed level; in `thresholds:` it is the degraded level.
+    """
+
+    degraded: float | None = None
+    failed: float | None = None
+
+
+class Outcome(str, enum.Enum):
+    passed = "passed"
+    degraded = "degraded"
+    failed = "failed"
+    error = "error"
+    skipped = "skipped"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @staticmethod
+    def worst(outcomes: "list[Outcome] | tuple[Outcome, ...]") -> "Outcome":
+        return max(outcomes, key=lambda o: _RANK[o], default=Outcome.passed)
+
+
+_RANK = {Outcome.skipped: 0, Outcome.passed: 1, Outcome.degraded: 2, Outcome.failed: 3, Outcome.error: 4}
+
+# --------------------------------------------------------------------------- scenarios
+
+
+class Step(Frozen):
+    """Fields every step kind shares; each probe extends it with its own step kinds."""
+
+    name: str | None = None
+    timeout: Duration | None = None
+
+
+class Thresholds(Frozen):
+    """Per-scenario limits on measures; `duration` is the whole run, other names are step measures."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    duration: Levels | None = None
+
+
+class Schedule(Frozen):
+    every: Duration | None = None
+    cron: str | None = None
+    jitter: Duration | None = None
+    locations: tuple[str, ...] = ()
+
+
+class AlertPolicy(Frozen):
+    open_after: int = Field(3, ge=1)
+    resolve_after: int = Field(2, ge=1)
+    severity: str = "critical"
+    notify: tuple[str, ...] = ()
+
+
+class Source(Frozen):
+    """Where a scenario came from, for messages: file and line of its first key."""
+
+    file: str
+    line: int = 1
+
+
+class Scenario(Frozen):
+    id: str
+    name: str
+    channel: str
+    description: str = ""
+    target: Any = None
+    steps: tuple[Any, ...]
+    thresholds: Thresholds = Thresholds()
+    schedule: Schedule | None = None
+    alert: AlertPolicy | None = None
+    tags: tuple[str, ...] = ()
+    timeout: Duration = 60.0
+    step_timeout: Duration = 10.0
+    retries: int = Field(0, ge=0, le=10)
+    source: Source = Source(file="<memory>")
+
+    def step_label(self, index: int) -> str:
+        step = self.steps[index]
+        name = getattr(step, "name", None)
+        return f"step {index + 1}" + (f" ({name})" if name else "")
+
+
+class Notifier(Frozen):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    type: str
+
+
+class Defaults(Frozen):
+    alert: AlertPolicy | None = None
+    timeout: Duration | None = None
+    step_timeout: Duration | None = None
+    retries: int | None = Field(None, ge=0, le=10)
+
+
+class Project(Frozen):
+    """Settings from cxtest.yaml beside the scenarios."""
+
+    root: Path = Path(".")
+    store: str = "sqlite:///cxtest.db"
+    location: str = "local"
+    artifacts: str = "artifacts"
+    concurrency: int = Field(16, ge=1)
+    notifiers: dict[str, Notifier] = {}
+    defaults: Defaults = Defaults()
+
+    @model_validator(mode="after")
+    def _store_url(self) -> "Project":
+        if "://" not in self.store:
+            raise ValueError(f"store {self.store!r} is not a URL: use sqlite:///FILE or postgresql://USER@HOST/DB")
+        return self
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One expectation judged: what was expected, what was seen, and the sentence saying so."""
+
+    name: str
+    outcome: Outcome
+    expected: Any
+    actual: Any
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a probe saw in one step, judged against that step's expectations."""
+
+    checks: tuple[CheckResult, ...] = ()
+    measures: Mapping[str, float] = field(default_factory=dict)
+    evidence: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    index: int
+    name: str
+    outcome: Outcome
+    started: float  # seconds since the run started
+    duration: float
+    message: str = ""
+    checks: tuple[CheckResult, ...] = ()
+    measures: Mapping[str, float] = field(default_factory=dict)
+    evidence: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    label: str
+    path: str
+    kind: str = "text"  # text, screenshot, recording, trace, html
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    scenario_id: str
+    scenario_name: str
+    channel: str
+    file: str
+    outcome: Outcome
+    started_at: datetime
+    duration: float
+    message: str = ""
+    steps: tuple[StepResult, ...] = ()
+    checks: tuple[CheckResult, ...] = ()  # scenario-level thresholds
+    measures: Mapping[str, float] = field(default_factory=dict)
+    artifacts: tuple[Artifact, ...] = ()
+    attempts: int = 1
+    flaky: bool = False
+    tags: tuple[str, ...] = ()
+    location: str = "local"
+    run_id: str = ""
