@@ -61,8 +61,19 @@ class Levels(Frozen):
     A bare value in `expect:` is the failed level; in `thresholds:` it is the degraded level.
     """
 
-    degraded: float | None = None
-    failed: float | None = None
+    degraded: Duration | None = None
+    failed: Duration | None = None
+
+
+def _levels(bare_means: str):
+    def convert(value: Any) -> Any:
+        return value if isinstance(value, (dict, Levels)) else {bare_means: value}
+
+    return BeforeValidator(convert)
+
+
+ExpectLevels = Annotated[Levels, _levels("failed")]
+ThresholdLevels = Annotated[Levels, _levels("degraded")]
 
 
 class Outcome(str, enum.Enum):
@@ -93,14 +104,6 @@ class Step(Frozen):
     timeout: Duration | None = None
 
 
-class Thresholds(Frozen):
-    """Per-scenario limits on measures; `duration` is the whole run, other names are step measures."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    duration: Levels | None = None
-
-
 class Schedule(Frozen):
     every: Duration | None = None
     cron: str | None = None
@@ -129,7 +132,7 @@ class Scenario(Frozen):
     description: str = ""
     target: Any = None
     steps: tuple[Any, ...]
-    thresholds: Thresholds = Thresholds()
+    thresholds: dict[str, ThresholdLevels] = {}  # "duration" is the whole run; other names are step measures
     schedule: Schedule | None = None
     alert: AlertPolicy | None = None
     tags: tuple[str, ...] = ()

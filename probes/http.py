@@ -1,0 +1,348 @@
+"""HTTP / API checks: multi-step requests over one shared httpx client pool.
+
+httpx errors are translated into cxtest's error tree here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from functools import cache
+from typing import Annotated, Any, AsyncIterator, ClassVar, Literal
+
+import httpx
+import jinja2
+import jsonpath
+from pydantic import BeforeValidator, Field, field_validator
+
+from cxtest.checks import ABSENT, Match, ValueMatch, judge_levels, judge_match, show
+from cxtest.errors import ProbeError, ProtocolError, StepTimeout, TargetUnreachable
+from cxtest.model import CheckResult, ExpectLevels, Frozen, Observation, Outcome, Scenario, Step
+from probes.base import RunContext
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+EVIDENCE_BODY_LIMIT = 8192
+
+
+class HttpTarget(Frozen):
+    url: str | None = None  # base URL that relative request URLs are joined to
+    headers: dict[str, str] = {}
+    verify: bool | str = True  # False, or a CA bundle file
+    follow_redirects: bool = True
+
+
+def _request_shorthand(value: Any) -> Any:
+    # `request: GET /api/status` reads better than a mapping for the common case.
+    if isinstance(value, str):
+        method, _, url = value.strip().partition(" ")
+        return {"method": method, "url": url.strip()} if url else {"url": method}
+    return value
+
+
+class HttpRequest(Frozen):
+    method: Literal[METHODS] = "GET"  # type: ignore[valid-type]
+    url: str
+    params: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    json_body: Any = Field(None, alias="json")
+    form: dict[str, Any] | None = None
+    body: str | None = None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _status_shorthand(value: Any) -> Any:
+    if isinstance(value, str) and re.fullmatch(r"[1-5]xx", value):
+        return {"matches": f"^{value[0]}\\d\\d$"}
+    codes = value if isinstance(value, list) else [value]
+    if not isinstance(value, dict) and not all(isinstance(c, int) and 100 <= c <= 599 for c in codes):
+        raise ValueError(f"expected a status code like 200, a list like [200, 201] or a class like 2xx, got {value!r}")
+    return value
+
+
+@cache
+def _compiled(path: str) -> Any:
+    try:
+        return jsonpath.compile(path)
+    except jsonpath.JSONPathError as exc:
+        raise ValueError(f"bad JSONPath {path!r}: {str(exc).splitlines()[0]}") from None
+
+
+class HttpExpect(Frozen):
+    status: Annotated[ValueMatch | None, BeforeValidator(_status_shorthand)] = None
+    headers: dict[str, ValueMatch] = {}
+    json_path: dict[str, ValueMatch] = {}
+    body_contains: str | list[str] | None = None
+    body_matches: str | None = None
+    latency: ExpectLevels | None = None
+    tls_days_left: ExpectLevels | None = None
+
+    @field_validator("json_path")
+    @classmethod
+    def _paths(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for path in value:
+            _compiled(path)
+        return value
+
+    @field_validator("body_matches")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+        return value
+
+
+class HttpStep(Step):
+    request: Annotated[HttpRequest, BeforeValidator(_request_shorthand)]
+    expect: HttpExpect = HttpExpect()
+    save: dict[str, str] = {}
+
+    @field_validator("save")
+    @classmethod
+    def _save_sources(cls, value: dict[str, str]) -> dict[str, str]:
+        for source in value.values():
+            if source.startswith("$"):
+                _compiled(source)
+            elif source.startswith("regex:"):
+                re.compile(source[6:])
+            elif not (source.startswith("header:") or source in ("status", "body")):
+                raise ValueError(
+                    f"cannot save from {source!r}: use a JSONPath ($.token), header:NAME, regex:PATTERN, status or body"
+                )
+        return value
+
+
+_templates = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def render(value: Any, variables: dict[str, Any]) -> Any:
+    """Fill `{{ name }}` placeholders in strings, lists and mappings from saved values."""
+    if isinstance(value, str):
+        if "{{" not in value and "{%" not in value:
+            return value
+        try:
+            return _templates.from_string(value).render(variables)
+        except jinja2.UndefinedError as exc:
+            saved = ", ".join(sorted(variables)) or "nothing saved yet"
+            raise ProbeError(f"{exc.message} in {value!r} (saved values: {saved})") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise ProbeError(f"bad template {value!r}: {exc.message}") from None
+    if isinstance(value, dict):
+        return {k: render(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, variables) for v in value]
+    return value
+
+
+def _translate(exc: httpx.HTTPError, url: str, timeout: float) -> Exception:
+    """httpx's exceptions -> cxtest's error tree, with the reason a person needs."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, (OSError, ssl.SSLError)) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    host = httpx.URL(url).host
+    if isinstance(exc, httpx.TimeoutException):
+        what = {
+            httpx.ConnectTimeout: "connecting",
+            httpx.ReadTimeout: "waiting for the response",
+            httpx.WriteTimeout: "sending the request",
+            httpx.PoolTimeout: "waiting for a free connection",
+        }.get(type(exc), "waiting")
+        return StepTimeout(f"no answer from {url} within {timeout:g}s ({what})")
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return TargetUnreachable(f"TLS certificate of {host} rejected: {cause.verify_message or cause.reason}")
+        if isinstance(cause, ssl.SSLError) or "SSL" in text:
+            return TargetUnreachable(f"TLS handshake with {host} failed: {text}")
+        if "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text.lower() or "Temporary failure in name resolution" in text:
+            return TargetUnreachable(f"DNS lookup failed for {host}: {text}")
+        if "refused" in text.lower():
+            return TargetUnreachable(f"connection refused by {host}:{httpx.URL(url).port or ''} ({url})".replace(":(", " ("))
+        return TargetUnreachable(f"cannot connect to {url}: {text}")
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.DecodingError)):
+        return ProtocolError(f"malformed HTTP response from {url}: {exc}")
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ProbeError(f"unsupported URL {url!r}: {exc}")
+    return ProbeError(f"HTTP request to {url} failed: {type(exc).__name__}: {exc}")
+
+
+def _certificate_days_left(response: httpx.Response) -> float | None:
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert or "notAfter" not in cert:
+        return None
+    expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(cert["notAfter"]), tz=timezone.utc)
+    return (expires - datetime.now(timezone.utc)).total_seconds() / 86400
+
+
+class _Body:
+    """The response body, parsed as JSON at most once and only when asked."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        self._json: Any = None
+        self._parsed = False
+        self.json_error: str | None = None
+
+    @property
+    def json(self) -> Any:
+        if not self._parsed:
+            self._parsed = True
+            try:
+                self._json = json.loads(self.response.content)
+            except (ValueError, UnicodeDecodeError):
+                kind = self.response.headers.get("content-type", "no content-type")
+                self.json_error = f"body is not JSON ({kind}): {show(self.response.text, 80)}"
+        return self._json
+
+
+def _find(path: str, body: _Body) -> Any:
+    found = _compiled(path).findall(body.json)
+    if not found:
+        return ABSENT
+    return found[0] if len(found) == 1 else found
+
+
+class HttpSession:
+    def __init__(self, probe: "HttpProbe", scenario: Scenario, ctx: RunContext):
+        self.probe = probe
+        self.target: HttpTarget = scenario.target
+        self.ctx = ctx
+
+    async def step(self, index: int, step: HttpStep, timeout: float) -> Observation:
+        variables = self.ctx.variables
+        request = step.request
+        url = render(request.url, variables)
+        if self.target.url and not url.startswith(("http://", "https://")):
+            url = str(httpx.URL(render(self.target.url, variables)).join(url))
+        headers = {**self.target.headers, **request.headers}
+        client = self.probe.client(self.target.verify)
+        started = time.perf_counter()
+        try:
+            response = await client.request(
+                request.method,
+                url,
+                params=render(request.params, variables) or None,
+                headers=render(headers, variables),
+                json=render(request.json_body, variables),
+                data=render(request.form, variables),
+                content=render(request.body, variables),
+                timeout=timeout,
+                follow_redirects=self.target.follow_redirects,
+            )
+        except httpx.HTTPError as exc:
+            raise _translate(exc, url, timeout) from None
+        latency = time.perf_counter() - started
+
+        measures = {"latency": latency}
+        days_left = _certificate_days_left(response) if response.url.scheme == "https" else None
+        if days_left is not None:
+            measures["tls_days_left"] = days_left
+        body = _Body(response)
+        checks = self._judge(step.expect, response, body, measures)
+        checks += self._save(step.save, response, body)
+        evidence = {}
+        if any(c.outcome is not Outcome.passed for c in checks):
+            evidence = {"request": _request_text(response.request), "response": _response_text(response)}
+            self.ctx.artifact_path(f"step-{index + 1}-response.txt").write_text(evidence["response"])
+        return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
+
+    def _judge(self, expect: HttpExpect, response: httpx.Response, body: _Body, measures: dict[str, float]) -> list[CheckResult]:
+        status = expect.status or Match(lt=400)
+        checks = judge_match("status", response.status_code, status)
+        for name, match in expect.headers.items():
+            checks += judge_match(f"header {name}", response.headers.get(name, ABSENT), match)
+        for path, match in expect.json_path.items():
+            if body.json is None and body.json_error:
+                checks.append(CheckResult(path, Outcome.failed, match.model_dump(exclude_unset=True), ABSENT, f"{path}: {body.json_error}"))
+            else:
+                checks += judge_match(path, _find(path, body), match)
+        contains = [expect.body_contains] if isinstance(expect.body_contains, str) else expect.body_contains or []
+        for text in contains:
+            checks += judge_match("body", response.text, Match(contains=text))
+        if expect.body_matches is not None:
+            checks += judge_match("body", response.text, Match(matches=expect.body_matches))
+        if expect.latency is not None:
+            checks.append(judge_levels("latency", measures["latency"], expect.latency))
+        if expect.tls_days_left is not None:
+            if "tls_days_left" in measures:
+                checks.append(judge_levels("tls_days_left", measures["tls_days_left"], expect.tls_days_left))
+            else:
+                checks.append(CheckResult("tls_days_left", Outcome.failed, expect.tls_days_left, ABSENT, "tls_days_left: no verified TLS certificate on this response"))
+        return checks
+
+    def _save(self, save: dict[str, str], response: httpx.Response, body: _Body) -> list[CheckResult]:
+        checks = []
+        for name, source in save.items():
+            if source.startswith("$"):
+                value = _find(source, body) if body.json is not None else ABSENT
+            elif source.startswith("header:"):
+                value = response.headers.get(source[7:], ABSENT)
+            elif source.startswith("regex:"):
+                found = re.search(source[6:], response.text)
+                value = ABSENT if found is None else (found.group(1) if found.groups() else found.group(0))
+            else:
+                value = response.status_code if source == "status" else response.text
+            if value is ABSENT:
+                why = f": {body.json_error}" if source.startswith("$") and body.json_error else ""
+                checks.append(CheckResult(f"save {name}", Outcome.failed, source, ABSENT, f"save {name}: {source} not found in the response{why}"))
+            else:
+                self.ctx.variables[name] = value
+        return checks
+
+
+def _request_text(request: httpx.Request) -> str:
+    head = "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+    body = request.content.decode("utf-8", "replace")[:EVIDENCE_BODY_LIMIT] if request.content else ""
+    return f"{request.method} {request.url}\n{head}\n\n{body}".rstrip()
+
+
+def _response_text(response: httpx.Response) -> str:
+    head = "\n".join(f"{k}: {v}" for k, v in response.headers.items())
+    body = response.text
+    if len(body) > EVIDENCE_BODY_LIMIT:
+        body = body[:EVIDENCE_BODY_LIMIT] + f"\n… ({len(response.content)} bytes in all)"
+    return f"HTTP {response.status_code} {response.reason_phrase}\n{head}\n\n{body}".rstrip()
+
+
+class HttpProbe:
+    channel: ClassVar[str] = "http"
+    target_model: ClassVar[type] = HttpTarget
+    step_model: ClassVar[type] = HttpStep
+    measures: ClassVar[frozenset[str]] = frozenset({"latency", "tls_days_left"})
+
+    def __init__(self, max_connections: int = 200):
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._clients: dict[bool | str, httpx.AsyncClient] = {}
+
+    def client(self, verify: bool | str) -> httpx.AsyncClient:
+        # One pool per TLS trust setting: httpx fixes verification per client.
+        client = self._clients.get(verify)
+        if client is None:
+            context: ssl.SSLContext | bool = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+            client = httpx.AsyncClient(verify=context, limits=self._limits)
+            self._clients[verify] = client
+        return client
+
+    @asynccontextmanager
+    async def session(self, scenario: Scenario, ctx: RunContext) -> AsyncIterator[HttpSession]:
+        yield HttpSession(self, scenario, ctx)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
