@@ -103,6 +103,10 @@ class Step(Frozen):
     name: str | None = None
     timeout: Duration | None = None
 
+    def describe(self) -> str:
+        """How reports name this step when the author gave it no name."""
+        return self.name or type(self).__name__
+
 
 class Schedule(Frozen):
     every: Duration | None = None
@@ -140,11 +144,6 @@ class Scenario(Frozen):
     step_timeout: Duration = 10.0
     retries: int = Field(0, ge=0, le=10)
     source: Source = Source(file="<memory>")
-
-    def step_label(self, index: int) -> str:
-        step = self.steps[index]
-        name = getattr(step, "name", None)
-        return f"step {index + 1}" + (f" ({name})" if name else "")
 
 
 class Notifier(Frozen):

@@ -26,6 +26,7 @@ from probes.base import RunContext
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 EVIDENCE_BODY_LIMIT = 8192
+USER_AGENT = "cxtest (+https://github.com/cxtest/cxtest)"
 
 
 class HttpTarget(Frozen):
@@ -106,6 +107,9 @@ class HttpStep(Step):
     request: Annotated[HttpRequest, BeforeValidator(_request_shorthand)]
     expect: HttpExpect = HttpExpect()
     save: dict[str, str] = {}
+
+    def describe(self) -> str:
+        return self.name or f"{self.request.method} {self.request.url}"
 
     @field_validator("save")
     @classmethod
@@ -333,7 +337,7 @@ class HttpProbe:
         client = self._clients.get(verify)
         if client is None:
             context: ssl.SSLContext | bool = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-            client = httpx.AsyncClient(verify=context, limits=self._limits)
+            client = httpx.AsyncClient(verify=context, limits=self._limits, headers={"user-agent": USER_AGENT})
             self._clients[verify] = client
         return client
 

@@ -1,0 +1,308 @@
+"""Runs scenarios: the step loop, timeouts, retries, concurrency, artifacts.
+
+This is the one place where exceptions become outcomes:
+
+    StepFailed (StepTimeout) / asyncio timeout  -> failed   the customer would be stuck
+    ProbeError (unreachable, garbage reply)     -> error    we could not test
+    anything else                               -> error    our own crash, traceback kept as an artifact
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cxtest import logs
+from cxtest.checks import HIGHER_IS_BETTER, judge_thresholds
+from cxtest.errors import ProbeError, StepFailed
+from cxtest.model import Artifact, Observation, Outcome, Project, Result, Scenario, StepResult, format_duration
+from probes import probe_class
+from probes.base import Probe, RunContext
+
+log = logs.get_logger("cxtest.runner")
+
+ResultHook = Callable[[Result], Awaitable[None] | None]
+
+_ARTIFACT_KINDS = {".png": "screenshot", ".jpg": "screenshot", ".wav": "recording", ".zip": "trace", ".html": "html"}
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "scenario"
+
+
+class Runner:
+    """Runs scenarios against shared probes: one browser, one SIP stack, one HTTP pool per runner."""
+
+    def __init__(
+        self,
+        project: Project | None = None,
+        *,
+        concurrency: int | None = None,
+        artifacts_root: Path | None = None,
+        run_id: str | None = None,
+        store: Any = None,
+    ):
+        self.project = project or Project(root=Path.cwd())
+        self.concurrency = concurrency or self.project.concurrency
+        self.run_id = run_id or new_run_id()
+        self.artifacts_root = artifacts_root or (self.project.root / self.project.artifacts)
+        self.store = store
+        self._probes: dict[str, Probe] = {}
+
+    async def __aenter__(self) -> "Runner":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        probes, self._probes = list(self._probes.values()), {}
+        for probe in probes:
+            await probe.aclose()
+
+    def probe(self, channel: str) -> Probe:
+        if channel not in self._probes:
+            self._probes[channel] = probe_class(channel)()
+        return self._probes[channel]
+
+    # ----------------------------------------------------------------- many
+
+    async def run_many(
+        self,
+        scenarios: Iterable[Scenario],
+        *,
+        on_start: Callable[[Scenario], None] | None = None,
+        on_result: ResultHook | None = None,
+    ) -> list[Result]:
+        """Every scenario, at most `concurrency` at once; results saved before this returns."""
+        limit = asyncio.Semaphore(self.concurrency)
+        writer = _BatchWriter(self.store) if self.store is not None else None
+
+        async def one(scenario: Scenario) -> Result:
+            async with limit:
+                if on_start:
+                    on_start(scenario)
+                result = await self.run_scenario(scenario)
+            if writer:
+                writer.add(result)
+            if on_result:
+                maybe = on_result(result)
+                if asyncio.iscoroutine(maybe):
+                    await maybe
+            return result
+
+        try:
+            return list(await asyncio.gather(*(one(s) for s in scenarios)))
+        finally:
+            if writer:
+                await writer.close()
+
+    # ----------------------------------------------------------------- one
+
+    async def run_scenario(self, scenario: Scenario) -> Result:
+        """One scenario with its retries; a pass after a failed attempt is marked flaky."""
+        attempt = 1
+        result = await self._attempt(scenario, attempt)
+        while result.outcome in (Outcome.failed, Outcome.error) and attempt <= scenario.retries:
+            attempt += 1
+            log.info("retrying", scenario=scenario.id, attempt=attempt, after=result.message)
+            result = await self._attempt(scenario, attempt)
+        if attempt == 1:
+            return result
+        flaky = result.outcome in (Outcome.passed, Outcome.degraded)
+        return replace(result, attempts=attempt, flaky=flaky)
+
+    async def _attempt(self, scenario: Scenario, attempt: int) -> Result:
+        folder = self.artifacts_root / self.run_id / _slug(scenario.id)
+        ctx = RunContext(
+            run_id=self.run_id,
+            artifacts_dir=folder if attempt == 1 else folder / f"attempt-{attempt}",
+            location=self.project.location,
+            attempt=attempt,
+        )
+        started_at = datetime.now(timezone.utc)
+        clock = time.perf_counter()
+        steps: list[StepResult] = []
+        try:
+            async with asyncio.timeout(scenario.timeout):
+                await self._steps(scenario, ctx, clock, steps)
+        except TimeoutError:
+            # The scenario deadline hit mid-step: that step failed, the rest never ran.
+            index = len(steps)
+            if index < len(scenario.steps):
+                message = f"scenario timeout ({format_duration(scenario.timeout)}) reached during this step"
+                steps.append(_step(scenario, index, Outcome.failed, clock, clock, message))
+        except ProbeError as exc:
+            # Opening the session (a call, a browser context) failed before any step.
+            steps.append(_step(scenario, len(steps), Outcome.error, clock, clock, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - the boundary: a crash becomes an `error` result
+            steps.append(_step(scenario, len(steps), Outcome.error, clock, clock, _crash(exc, ctx)))
+        for index in range(len(steps), len(scenario.steps)):
+            steps.append(_step(scenario, index, Outcome.skipped, time.perf_counter(), time.perf_counter(), ""))
+        duration = time.perf_counter() - clock
+        return _result(scenario, ctx, steps, started_at, duration)
+
+    async def _steps(self, scenario: Scenario, ctx: RunContext, clock: float, steps: list[StepResult]) -> None:
+        probe = self.probe(scenario.channel)
+        async with probe.session(scenario, ctx) as session:
+            for index, step in enumerate(scenario.steps):
+                result = await _run_step(session, scenario, index, step, ctx, clock)
+                steps.append(result)
+                if result.outcome in (Outcome.failed, Outcome.error):
+                    return
+
+
+async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx: RunContext, clock: float) -> StepResult:
+    timeout = step.timeout or scenario.step_timeout
+    started = time.perf_counter()
+    try:
+        # A little grace so a probe's own, more precise timeout message wins the race.
+        async with asyncio.timeout(timeout + 0.5):
+            observation: Observation = await session.step(index, step, timeout)
+    except TimeoutError:
+        return _step(scenario, index, Outcome.failed, clock, started, f"no answer within {format_duration(timeout)} (step timeout)")
+    except StepFailed as exc:
+        return _step(scenario, index, Outcome.failed, clock, started, str(exc))
+    except ProbeError as exc:
+        return _step(scenario, index, Outcome.error, clock, started, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the boundary: a crash becomes an `error` step
+        return _step(scenario, index, Outcome.error, clock, started, _crash(exc, ctx))
+    outcome = Outcome.worst([c.outcome for c in observation.checks])
+    message = "; ".join(c.text for c in observation.checks if c.outcome is not Outcome.passed)
+    return StepResult(
+        index=index,
+        name=_step_name(step),
+        outcome=outcome,
+        started=started - clock,
+        duration=time.perf_counter() - started,
+        message=message,
+        checks=observation.checks,
+        measures=observation.measures,
+        evidence=observation.evidence,
+    )
+
+
+def _step_name(step: Any) -> str:
+    return step.describe()
+
+
+def _step(scenario: Scenario, index: int, outcome: Outcome, clock: float, started: float, message: str) -> StepResult:
+    now = time.perf_counter()
+    return StepResult(
+        index=index,
+        name=_step_name(scenario.steps[index]),
+        outcome=outcome,
+        started=started - clock,
+        duration=max(0.0, now - started),
+        message=message,
+    )
+
+
+def _crash(exc: Exception, ctx: RunContext) -> str:
+    path = ctx.artifact_path("crash.txt")
+    path.write_text("".join(traceback.format_exception(exc)))
+    log.error("probe crashed", error=repr(exc), traceback=str(path))
+    return f"internal error: {type(exc).__name__}: {exc} (traceback in {path})"
+
+
+def _measures(steps: Sequence[StepResult], duration: float) -> dict[str, float]:
+    """Run-level measures: each step measure's worst value, plus the whole duration."""
+    measures: dict[str, float] = {}
+    for step in steps:
+        for name, value in step.measures.items():
+            if name not in measures:
+                measures[name] = value
+            else:
+                measures[name] = min(measures[name], value) if name in HIGHER_IS_BETTER else max(measures[name], value)
+    measures["duration"] = duration
+    return measures
+
+
+def _artifacts(folder: Path) -> tuple[Artifact, ...]:
+    if not folder.is_dir():
+        return ()
+    return tuple(
+        Artifact(label=path.relative_to(folder).as_posix(), path=str(path), kind=_ARTIFACT_KINDS.get(path.suffix, "text"))
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    )
+
+
+def _result(scenario: Scenario, ctx: RunContext, steps: list[StepResult], started_at: datetime, duration: float) -> Result:
+    measures = _measures(steps, duration)
+    ran_all = all(s.outcome in (Outcome.passed, Outcome.degraded) for s in steps)
+    checks = tuple(judge_thresholds(scenario.thresholds, measures)) if ran_all else ()
+    outcome = Outcome.worst([s.outcome for s in steps] + [c.outcome for c in checks])
+    if outcome is Outcome.skipped:
+        outcome = Outcome.passed
+    problems = [f"step {s.index + 1} ({s.name}): {s.message}" for s in steps if s.message and s.outcome is not Outcome.passed]
+    problems += [c.text for c in checks if c.outcome is not Outcome.passed]
+    return Result(
+        scenario_id=scenario.id,
+        scenario_name=scenario.name,
+        channel=scenario.channel,
+        file=scenario.source.file,
+        outcome=outcome,
+        started_at=started_at,
+        duration=duration,
+        message="; ".join(problems),
+        steps=tuple(steps),
+        checks=checks,
+        measures=measures,
+        artifacts=_artifacts(ctx.artifacts_dir),
+        attempts=ctx.attempt,
+        tags=scenario.tags,
+        location=ctx.location,
+        run_id=ctx.run_id,
+    )
+
+
+class _BatchWriter:
+    """Saves results in batches on a worker thread, so the store never stalls the event loop."""
+
+    def __init__(self, store: Any, batch: int = 200):
+        self.store = store
+        self.batch = batch
+        self.pending: list[Result] = []
+        self.writes: list[asyncio.Task[None]] = []
+        self.one_at_a_time = asyncio.Lock()  # SQLite takes one writer; batches keep their order
+
+    def add(self, result: Result) -> None:
+        self.pending.append(result)
+        if len(self.pending) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.writes.append(asyncio.ensure_future(self._save(batch)))
+
+    async def _save(self, batch: list[Result]) -> None:
+        async with self.one_at_a_time:
+            await asyncio.to_thread(self.store.save, batch)
+
+    async def close(self) -> None:
+        self._flush()
+        await asyncio.gather(*self.writes)
+
+
+def run(scenarios: Sequence[Scenario], project: Project | None = None, **options: Any) -> list[Result]:
+    """Sync wrapper: run scenarios in a fresh event loop (for the pytest plugin and scripts)."""
+
+    async def main() -> list[Result]:
+        async with Runner(project, **options) as runner:
+            return await runner.run_many(scenarios)
+
+    return asyncio.run(main())
