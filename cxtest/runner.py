@@ -57,7 +57,7 @@ class Runner:
         self.project = project or Project(root=Path.cwd())
         self.concurrency = concurrency or self.project.concurrency
         self.run_id = run_id or new_run_id()
-        self.artifacts_root = artifacts_root or (self.project.root / self.project.artifacts)
+        self.artifacts_root = (artifacts_root or self.project.root / self.project.artifacts).resolve()
         self.store = store
         self._probes: dict[str, Probe] = {}
 
