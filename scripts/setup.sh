@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Install what cxtest's demo, tests and benchmarks need. Idempotent: a second
+# run checks and exits in a second or two.
+#
+#   scripts/setup.sh            # from anywhere; works on the repository it lives in
+#
+# (a) Debian packages in APT_PACKAGES that are not installed yet (apt-get update
+#     only when something is missing; sudo when not root).
+# (b) .venv with python3 >= 3.11 and `pip install -e '.[test]'`, skipped while
+#     .venv/.setup-stamp holds the sha256 of pyproject.toml.
+#
+# Environment: PYTHON (interpreter used to create .venv, default python3),
+#              CXTEST_SKIP_APT=1 (skip the Debian step, e.g. on a non-Debian dev box).
+set -euo pipefail
+
+# Real peers the tests talk to; later issues append chromium, sip-tester,
+# baresip, kamailio, prometheus-alertmanager.
+APT_PACKAGES="postgresql"
+
+MIN_PYTHON="3.11"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.setup-stamp"
+PYTHON="${PYTHON:-python3}"
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' (not root and sudo is not installed)"
+    fi
+}
+
+is_installed() {
+    local status
+    status="$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)"
+    [[ "$status" == "install ok installed" ]]
+}
+
+# Debian starts the packaged cluster on install; our tests create their own
+# throw-away clusters, so stop a system cluster that the install just started.
+quiet_new_postgres() {
+    command -v pg_lsclusters >/dev/null 2>&1 || return 0
+    local ver name _port status _rest
+    while read -r ver name _port status _rest; do
+        if [[ "$status" == online* ]]; then
+            say "stopping PostgreSQL cluster $ver/$name started by the install (tests run their own)"
+            as_root pg_ctlcluster "$ver" "$name" stop || say "could not stop $ver/$name; leaving it running"
+        fi
+    done < <(pg_lsclusters --no-header 2>/dev/null || true)
+}
+
+apt_step() {
+    if [[ "${CXTEST_SKIP_APT:-0}" == "1" ]]; then
+        say "apt packages skipped (CXTEST_SKIP_APT=1)"
+        return
+    fi
+    command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this set-up needs Debian or Ubuntu (or set CXTEST_SKIP_APT=1 and install: $APT_PACKAGES)"
+
+    local missing=() pkg
+    for pkg in $APT_PACKAGES; do
+        is_installed "$pkg" || missing+=("$pkg")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        say "apt packages ok"
+        return
+    fi
+
+    say "installing apt packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}" >/dev/null
+    for pkg in "${missing[@]}"; do
+        is_installed "$pkg" || die "apt package $pkg is still not installed after apt-get install"
+        if [[ "$pkg" == "postgresql" ]]; then
+            quiet_new_postgres
+        fi
+    done
+    say "apt packages ok"
+}
+
+python_ok() {  # $1 = interpreter; true when it runs and is >= MIN_PYTHON
+    "$1" -c "import sys; sys.exit(0 if sys.version_info >= tuple(map(int, '$MIN_PYTHON'.split('.'))) else 1)" 2>/dev/null
+}
+
+python_step() {
+    cd "$ROOT"
+    if [[ -x "$VENV/bin/python" ]] && ! python_ok "$VENV/bin/python"; then
+        die "$VENV uses $("$VENV/bin/python" -V 2>&1 || echo 'a broken interpreter'); need Python >= $MIN_PYTHON. Remove .venv and run again."
+    fi
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python >= $MIN_PYTHON or set PYTHON=/path/to/python3.11"
+        python_ok "$PYTHON" || die "$PYTHON is $("$PYTHON" -V 2>&1); need Python >= $MIN_PYTHON (set PYTHON=/path/to/python3.11)"
+        say "creating .venv with $("$PYTHON" -V 2>&1)"
+        "$PYTHON" -m venv "$VENV" || die "could not create .venv (on Debian: apt-get install python3-venv)"
+    fi
+
+    local want have=""
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    [[ -f "$STAMP" ]] && have="$(<"$STAMP")"
+    if [[ "$have" == "$want" ]]; then
+        say "python deps ok"
+        return
+    fi
+
+    say "installing python deps (pip install -e '.[test]')"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install --quiet -e '.[test]' \
+        || die "pip install -e '.[test]' failed (see above)"
+    printf '%s\n' "$want" >"$STAMP"
+    say "python deps ok"
+}
+
+main() {
+    apt_step
+    python_step
+}
+
+# Run when executed; only define the functions when sourced (for tests).
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi
