@@ -15,7 +15,7 @@ set -euo pipefail
 
 # Real peers the tests talk to; later issues append chromium, sip-tester,
 # baresip, kamailio, prometheus-alertmanager.
-APT_PACKAGES="postgresql"
+APT_PACKAGES="python3-venv postgresql"
 
 MIN_PYTHON="3.11"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
