@@ -19,6 +19,7 @@ from urllib.parse import quote
 import jinja2
 
 from cxtest.logs import redact
+from cxtest.checks import show_measure
 from cxtest.model import Artifact, Result, format_duration
 
 from ._common import OUTCOME_ORDER, PROBLEM_OUTCOMES, outcome_of, write_text_atomic
@@ -55,6 +56,7 @@ def _environment() -> jinja2.Environment:
         )
         env.filters["dur"] = lambda s: format_duration(max(float(s or 0.0), 0.0))
         env.filters["value"] = _display_value
+        env.filters["measure"] = lambda value, name: show_measure(name, float(value))
         env.filters["clip"] = lambda s, n=200: s if len(s) <= n else s[: n - 1] + "…"
         _env = env
     return _env
