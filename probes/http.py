@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import ssl
 import time
 from contextlib import asynccontextmanager
@@ -148,11 +149,32 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
     return value
 
 
+def _root_cause(exc: BaseException) -> BaseException | None:
+    """The most telling exception under httpx's: an SSL error if any, else the deepest OSError.
+
+    httpcore chains some errors by __context__ only (TLS failures) and anyio wraps the
+    socket error in OSError("All connection attempts failed") (first of a group per address).
+    """
+    chain: list[BaseException] = []
+    link = exc.__cause__ or exc.__context__
+    while link is not None and all(link is not seen for seen in chain):
+        chain.append(link)
+        if isinstance(link, BaseExceptionGroup) and link.exceptions:
+            link = link.exceptions[0]
+        else:
+            link = link.__cause__ or link.__context__
+    for found in chain:
+        if isinstance(found, ssl.SSLError):
+            return found
+    for found in reversed(chain):
+        if isinstance(found, OSError):
+            return found
+    return chain[0] if chain else None
+
+
 def _translate(exc: httpx.HTTPError, url: str, timeout: float) -> Exception:
     """httpx's exceptions -> cxtest's error tree, with the reason a person needs."""
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None and not isinstance(cause, (OSError, ssl.SSLError)) and cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = _root_cause(exc)
     host = httpx.URL(url).host
     if isinstance(exc, httpx.TimeoutException):
         what = {
@@ -168,11 +190,12 @@ def _translate(exc: httpx.HTTPError, url: str, timeout: float) -> Exception:
             return TargetUnreachable(f"TLS certificate of {host} rejected: {cause.verify_message or cause.reason}")
         if isinstance(cause, ssl.SSLError) or "SSL" in text:
             return TargetUnreachable(f"TLS handshake with {host} failed: {text}")
-        if "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text.lower() or "Temporary failure in name resolution" in text:
+        if isinstance(cause, socket.gaierror) or "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text.lower() or "Temporary failure in name resolution" in text:
             return TargetUnreachable(f"DNS lookup failed for {host}: {text}")
-        if "refused" in text.lower():
+        if isinstance(cause, ConnectionRefusedError) or "refused" in text.lower():
             return TargetUnreachable(f"connection refused by {host}:{httpx.URL(url).port or ''} ({url})".replace(":(", " ("))
-        return TargetUnreachable(f"cannot connect to {url}: {text}")
+        reason = str(cause) if isinstance(cause, OSError) and str(cause) else text
+        return TargetUnreachable(f"cannot connect to {url}: {reason}")
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.DecodingError)):
         return ProtocolError(f"malformed HTTP response from {url}: {exc}")
     if isinstance(exc, httpx.UnsupportedProtocol):
@@ -232,7 +255,8 @@ class HttpSession:
         url = render(request.url, variables)
         if self.target.url and not url.startswith(("http://", "https://")):
             url = str(httpx.URL(render(self.target.url, variables)).join(url))
-        headers = {**self.target.headers, **request.headers}
+        # Header names are case-insensitive: a step's "authorization" replaces the target's "Authorization".
+        headers = {k.lower(): v for k, v in (*self.target.headers.items(), *request.headers.items())}
         client = self.probe.client(self.target.verify)
         started = time.perf_counter()
         try:
@@ -336,7 +360,10 @@ class HttpProbe:
         # One pool per TLS trust setting: httpx fixes verification per client.
         client = self._clients.get(verify)
         if client is None:
-            context: ssl.SSLContext | bool = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+            try:
+                context: ssl.SSLContext | bool = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+            except (OSError, ssl.SSLError) as exc:
+                raise ProbeError(f"cannot load the CA bundle {verify!r}: {exc.strerror or exc}") from None
             client = httpx.AsyncClient(verify=context, limits=self._limits, headers={"user-agent": USER_AGENT})
             self._clients[verify] = client
         return client
