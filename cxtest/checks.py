@@ -26,7 +26,10 @@ def show(value: Any, limit: int = 60) -> str:
     if value is ABSENT:
         return "absent"
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…'"
+    if len(text) <= limit:
+        return text
+    # Close a cut string's quote; other values (lists, mappings) have none to close.
+    return text[: limit - 1] + "…" + (text[0] if isinstance(value, str) else "")
 
 
 def show_measure(name: str, value: float) -> str:
@@ -76,6 +79,8 @@ def judge_thresholds(thresholds: Mapping[str, Levels], measures: Mapping[str, fl
 
 
 def _shorthand(value: Any) -> Any:
+    if isinstance(value, Match):
+        return value
     if isinstance(value, dict) and value.keys() & Match.model_fields.keys():
         return value
     if isinstance(value, list):
@@ -113,10 +118,12 @@ ValueMatch = Annotated[Match, BeforeValidator(_shorthand)]
 
 
 def same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b  # true is neither 1 nor "True" (and True == 1 in Python)
     if a == b:
         return True
-    scalars = (str, int, float, bool)
-    return isinstance(a, scalars) and isinstance(b, scalars) and not isinstance(a, bool) and str(a) == str(b)
+    scalars = (str, int, float)
+    return isinstance(a, scalars) and isinstance(b, scalars) and str(a) == str(b)
 
 
 def _number(value: Any) -> float | None:

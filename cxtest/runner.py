@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cxtest import logs
+from cxtest.logs import redact
 from cxtest.checks import HIGHER_IS_BETTER, judge_thresholds
 from cxtest.errors import ProbeError, StepFailed
 from cxtest.model import Artifact, Observation, Outcome, Project, Result, Scenario, StepResult, format_duration
@@ -143,7 +144,8 @@ class Runner:
             index = len(steps)
             if index < len(scenario.steps):
                 message = f"scenario timeout ({format_duration(scenario.timeout)}) reached during this step"
-                steps.append(_step(scenario, index, Outcome.failed, clock, clock, message))
+                in_flight_since = clock + (steps[-1].started + steps[-1].duration if steps else 0.0)
+                steps.append(_step(scenario, index, Outcome.failed, clock, in_flight_since, message))
         except ProbeError as exc:
             # Opening the session (a call, a browser context) failed before any step.
             steps.append(_step(scenario, len(steps), Outcome.error, clock, clock, str(exc)))
@@ -179,8 +181,9 @@ async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx
         return _step(scenario, index, Outcome.error, clock, started, str(exc))
     except Exception as exc:  # noqa: BLE001 - the boundary: a crash becomes an `error` step
         return _step(scenario, index, Outcome.error, clock, started, _crash(exc, ctx))
-    outcome = Outcome.worst([c.outcome for c in observation.checks])
-    message = "; ".join(c.text for c in observation.checks if c.outcome is not Outcome.passed)
+    checks = tuple(replace(c, text=redact(c.text)) for c in observation.checks)
+    outcome = Outcome.worst([c.outcome for c in checks])
+    message = "; ".join(c.text for c in checks if c.outcome is not Outcome.passed)
     return StepResult(
         index=index,
         name=_step_name(step),
@@ -188,7 +191,7 @@ async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx
         started=started - clock,
         duration=time.perf_counter() - started,
         message=message,
-        checks=observation.checks,
+        checks=checks,
         measures=observation.measures,
         evidence=observation.evidence,
     )
@@ -206,13 +209,12 @@ def _step(scenario: Scenario, index: int, outcome: Outcome, clock: float, starte
         outcome=outcome,
         started=started - clock,
         duration=max(0.0, now - started),
-        message=message,
+        message=redact(message),
     )
 
 
 def _crash(exc: Exception, ctx: RunContext) -> str:
-    path = ctx.artifact_path("crash.txt")
-    path.write_text("".join(traceback.format_exception(exc)))
+    path = ctx.write_text("crash.txt", "".join(traceback.format_exception(exc)))
     log.error("probe crashed", error=repr(exc), traceback=str(path))
     return f"internal error: {type(exc).__name__}: {exc} (traceback in {path})"
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
+from cxtest.logs import redact
 from cxtest.model import Observation, Scenario, Step
 
 
@@ -31,6 +32,12 @@ class RunContext:
     def artifact_path(self, name: str) -> Path:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         return self.artifacts_dir / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Keep a text as evidence, with secrets replaced by their placeholders."""
+        path = self.artifact_path(name)
+        path.write_text(redact(text))
+        return path
 
 
 class Session(Protocol):

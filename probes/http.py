@@ -22,6 +22,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from cxtest.checks import ABSENT, Match, ValueMatch, judge_levels, judge_match, show
 from cxtest.errors import ProbeError, ProtocolError, StepTimeout, TargetUnreachable
+from cxtest.logs import redact
 from cxtest.model import CheckResult, ExpectLevels, Frozen, Observation, Outcome, Scenario, Step
 from probes.base import RunContext
 
@@ -284,8 +285,8 @@ class HttpSession:
         checks += self._save(step.save, response, body)
         evidence = {}
         if any(c.outcome is not Outcome.passed for c in checks):
-            evidence = {"request": _request_text(response.request), "response": _response_text(response)}
-            self.ctx.artifact_path(f"step-{index + 1}-response.txt").write_text(evidence["response"])
+            evidence = {"request": redact(_request_text(response.request)), "response": redact(_response_text(response))}
+            self.ctx.write_text(f"step-{index + 1}-response.txt", evidence["response"])
         return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
 
     def _judge(self, expect: HttpExpect, response: httpx.Response, body: _Body, measures: dict[str, float]) -> list[CheckResult]:
