@@ -6,6 +6,7 @@ both, Gatus-style: `status (500) == 200`, `latency (812ms) > 500ms`.
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
 from typing import Annotated, Any, Mapping
@@ -83,6 +84,14 @@ def _shorthand(value: Any) -> Any:
         return value
     if isinstance(value, dict) and value.keys() & Match.model_fields.keys():
         return value
+    if isinstance(value, dict):
+        # A mapping may be a JSON object to compare with, or a misspelled matcher: refuse the latter.
+        for key in value:
+            close = difflib.get_close_matches(str(key), Match.model_fields, n=1, cutoff=0.75)
+            if close:
+                raise ValueError(
+                    f"unknown matcher '{key}'; did you mean '{close[0]}'? (to compare with a mapping, write equals: {{...}})"
+                )
     if isinstance(value, list):
         return {"one_of": value}
     return {"equals": value}

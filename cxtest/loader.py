@@ -134,10 +134,7 @@ def _read(path: Path, display: str) -> tuple[_Document, Any]:
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = " ".join(filter(None, [exc.context, exc.problem]))
-        doc.problems.append(Problem(display, line, col, "", f"YAML syntax error: {what}"))
+        doc.problems.append(_syntax_problem(display, exc))
         return doc, None
     nodes = [n for n in nodes if n is not None]
     if not nodes:
@@ -147,6 +144,43 @@ def _read(path: Path, display: str) -> tuple[_Document, Any]:
         line = nodes[1].start_mark.line + 1
         doc.problems.append(Problem(display, line, 1, "", "one scenario per file: found a second YAML document here"))
     return doc, doc.build(nodes[0])
+
+
+_YAML_NOUNS = {
+    "quoted scalar": "quoted string",
+    "flow sequence": "[ list",
+    "flow mapping": "{ mapping",
+    "block mapping": "mapping",
+    "block collection": "list or mapping",
+}
+
+
+def _syntax_problem(display: str, exc: yaml.MarkedYAMLError) -> Problem:
+    """PyYAML's error at the place a person must edit.
+
+    When the file ends inside a quoted string or a [ list / { mapping, PyYAML marks
+    the end of the file; the line to fix is where that construct was opened.
+    """
+    problem, context = exc.problem or "", exc.context or ""
+    problem_mark, context_mark = exc.problem_mark, exc.context_mark
+    noun = re.sub(r"^while (scanning|parsing) (a|an|the) ", "", context)
+    noun = _YAML_NOUNS.get(noun, noun)
+    opened_before = context_mark is not None and (problem_mark is None or context_mark.index < problem_mark.index)
+    if opened_before and ("end of stream" in problem or "<stream end>" in problem):
+        mark, message = context_mark, f"this {noun} is never closed (the file ends first)"
+    else:
+        mark = problem_mark or context_mark
+        message = problem or context
+        if message == "mapping values are not allowed here":
+            message += " (check this line's indentation, or quote a value that contains ': ')"
+        if opened_before and problem_mark is not None:
+            where = f"line {context_mark.line + 1}, column {context_mark.column + 1}"
+            if problem.startswith("expected <block end>"):
+                message = f"bad indentation: this line does not line up with the {noun} that starts at {where}"
+            else:
+                message += f" (in the {noun} at {where})"
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return Problem(display, line, col, "", f"YAML syntax error: {message}")
 
 
 # --------------------------------------------------------------------------- pydantic errors -> problems
@@ -230,12 +264,45 @@ def _tag_of(member: Any) -> str | None:
     return None
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def suggest(word: str, choices: Iterable[str]) -> str:
     choices = sorted(set(choices))
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    close = closest(word, choices)
     if close:
-        return f"; did you mean '{close[0]}'?"
+        return f"; did you mean '{close}'?"
     return f"; expected one of: {', '.join(choices)}" if choices else ""
+
+
+def _keys_of(model: type[BaseModel]) -> list[str]:
+    """The keys a user may write for a model: aliases where set, without keys the loader fills in."""
+    internal = {"source"} if issubclass(model, Scenario) else {"root"} if issubclass(model, Project) else set()
+    return [info.alias or name for name, info in model.model_fields.items() if name not in internal]
+
+
+def _at(data: Any, path: Path_) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _narrow(data: Any, path: Path_, message: str) -> tuple[Path_, bool]:
+    """A check on a whole mapping (a model or dict validator) that names exactly one of its
+    keys or text values in its message is located at that entry, not at the mapping."""
+    node = _at(data, path)
+    if not isinstance(node, dict):
+        return path, False
+    hits = [(k, True) for k in node if isinstance(k, str) and repr(k) in message]
+    hits += [(k, False) for k, v in node.items() if isinstance(v, str) and len(v) > 1 and repr(v) in message]
+    if len({k for k, _ in hits}) != 1:
+        return path, False
+    return path + (hits[0][0],), hits[0][1]
 
 
 _TYPE_WORDS = {
@@ -268,6 +335,8 @@ def _describe(value: Any) -> str:
 
 def _problems_from(doc: _Document, exc: ValidationError, model: type[BaseModel], data: Any, prefix: Path_ = ()) -> None:
     seen: set[tuple[Path_, str]] = set()
+    found: list[tuple[Path_, str, bool]] = []
+    misspelt: set[tuple[Path_, str]] = set()  # (mapping, key it probably meant)
     for err in exc.errors(include_url=False):
         path, loc = _data_path(data, tuple(err["loc"]))
         kind = err["type"]
@@ -279,8 +348,11 @@ def _problems_from(doc: _Document, exc: ValidationError, model: type[BaseModel],
             path = path[:-1]
         elif kind == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
-            allowed = parent.model_fields if parent else ()
+            allowed = _keys_of(parent) if parent else ()
             message = f"unknown key '{path[-1]}'" + suggest(str(path[-1]), allowed)
+            meant = closest(str(path[-1]), allowed)
+            if meant:
+                misspelt.add((prefix + path[:-1], meant))
             at_key = True
         elif kind in _TYPE_WORDS:
             message = f"{_TYPE_WORDS[kind]}, got {_describe(err.get('input'))}"
@@ -291,10 +363,16 @@ def _problems_from(doc: _Document, exc: ValidationError, model: type[BaseModel],
             message = message[:1].lower() + message[1:]
             if kind not in ("value_error", "assertion_error") and not isinstance(err.get("input"), (dict, list)):
                 message += f", got {_describe(err.get('input'))}"
+            else:
+                path, at_key = _narrow(data, path, message)
         full = prefix + path
         if (full, message) in seen:
             continue
         seen.add((full, message))
+        found.append((full, message, at_key))
+    for full, message, at_key in found:
+        if message.startswith("missing required key '") and (full, message.split("'")[1]) in misspelt:
+            continue  # the unknown key next to it already says "did you mean ...?"
         doc.problem(full, message, at_key=at_key)
 
 
@@ -323,6 +401,7 @@ def load_project(path: Path | None) -> Project:
         return Project.model_validate({**data, "root": path.parent.resolve()})
     except ValidationError as exc:
         _problems_from(doc, exc, Project, data)
+        doc.problems.sort(key=lambda p: (p.line, p.column))
         raise ScenarioError(doc.problems) from None
 
 
@@ -360,6 +439,10 @@ def _scenario_id(path: Path, project: Project) -> str:
 
 def load_scenario(path: Path, project: Project | None = None) -> Scenario:
     """One scenario file -> Scenario, or ScenarioError with every problem in the file."""
+    return _load_scenario(path, project)[0]
+
+
+def _load_scenario(path: Path, project: Project | None = None) -> tuple[Scenario, _Document]:
     from probes import channels
 
     project = project or load_project(find_project_file(path))
@@ -390,7 +473,10 @@ def load_scenario(path: Path, project: Project | None = None) -> Scenario:
     try:
         scenario = model.model_validate(values)
     except ValidationError as exc:
+        reported = len(doc.problems)
         _problems_from(doc, exc, model, values)
+        if model is Scenario and "channel" in data:  # the unknown channel is already reported
+            doc.problems[reported:] = [p for p in doc.problems[reported:] if p.path != "channel"]
         scenario = None
     if model is not Scenario and isinstance(data.get("thresholds"), dict):
         _check_thresholds(doc, channel, data["thresholds"])
@@ -398,7 +484,7 @@ def load_scenario(path: Path, project: Project | None = None) -> Scenario:
         doc.problems.sort(key=lambda p: (p.line, p.column))
         raise ScenarioError(doc.problems)
     assert scenario is not None
-    return scenario
+    return scenario, doc
 
 
 def _check_thresholds(doc: _Document, channel: str, thresholds: dict[str, Any]) -> None:
@@ -433,10 +519,13 @@ def load_scenarios(paths: Iterable[Path], project: Project | None = None) -> tup
     paths = list(paths)
     problems: list[Problem] = []
     if project is None:
+        project_file = find_project_file(paths[0] if paths else Path.cwd())
         try:
-            project = load_project(find_project_file(paths[0] if paths else Path.cwd()))
+            project = load_project(project_file)
         except ScenarioError as exc:
-            raise ScenarioError(exc.problems) from None
+            # Report cxtest.yaml's problems and still check the scenarios, against default settings.
+            problems.extend(exc.problems)
+            project = Project(root=project_file.parent.resolve() if project_file else Path.cwd())
     files = scenario_files(paths)
     for path in paths:
         if not path.exists():
@@ -444,27 +533,23 @@ def load_scenarios(paths: Iterable[Path], project: Project | None = None) -> tup
     if not files and not problems:
         problems.append(Problem(str(paths[0]) if paths else ".", 1, 1, "", "no scenario files (*.yaml) found"))
     scenarios: list[Scenario] = []
-    by_name: dict[str, Scenario] = {}
-    by_id: dict[str, Scenario] = {}
+    by_name: dict[str, tuple[str, int, int]] = {}  # name -> where it was first seen
+    by_id: dict[str, tuple[str, int, int]] = {}
     for file in files:
         try:
-            scenario = load_scenario(file, project)
+            scenario, doc = _load_scenario(file, project)
         except ScenarioError as exc:
             problems.extend(exc.problems)
             continue
         for table, key, what in ((by_name, scenario.name, "name"), (by_id, scenario.id, "id")):
+            # An id derived from the path has no key in the file: the mapping's start stands in.
+            here = (doc.file, *doc.position((what,), at_key=True))
             other = table.get(key)
             if other is not None:
-                problems.append(
-                    Problem(
-                        scenario.source.file,
-                        scenario.source.line,
-                        1,
-                        what,
-                        f"duplicate scenario {what} '{key}' (also in {other.source.file}:{other.source.line})",
-                    )
-                )
-            table[key] = scenario
+                where = ":".join(map(str, other))
+                problems.append(Problem(*here, what, f"duplicate scenario {what} '{key}' (also in {where})"))
+            else:
+                table[key] = here
         scenarios.append(scenario)
     if problems:
         raise ScenarioError(problems)

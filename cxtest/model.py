@@ -32,6 +32,8 @@ def parse_duration(value: Any) -> float:
         return float(value)
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
+        if text.startswith("-"):
+            raise ValueError(f"bad duration {value!r}: must not be negative")
         parts = _DURATION_PART.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
             return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
@@ -172,7 +174,7 @@ class Project(Frozen):
     @model_validator(mode="after")
     def _store_url(self) -> "Project":
         if "://" not in self.store:
-            raise ValueError(f"store {self.store!r} is not a URL: use sqlite:///FILE or postgresql://USER@HOST/DB")
+            raise ValueError(f"{self.store!r} is not a URL: use sqlite:///FILE or postgresql://USER@HOST/DB")
         return self
 
 

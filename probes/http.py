@@ -120,7 +120,10 @@ class HttpStep(Step):
             if source.startswith("$"):
                 _compiled(source)
             elif source.startswith("regex:"):
-                re.compile(source[6:])
+                try:
+                    re.compile(source[6:])
+                except re.error as exc:
+                    raise ValueError(f"bad regular expression in {source!r}: {exc}") from None
             elif not (source.startswith("header:") or source in ("status", "body")):
                 raise ValueError(
                     f"cannot save from {source!r}: use a JSONPath ($.token), header:NAME, regex:PATTERN, status or body"
