@@ -19,21 +19,17 @@ import collections
 import secrets
 import socket
 import ssl
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from types import TracebackType
 
-import uvicorn
 from starlette.applications import Starlette
+
+from cxtest.sandbox.server import ThreadedServer  # noqa: F401 - re-exported for the probe tests
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 5.0
 
 PAGE = "<html><head><title>Acme Support</title></head><body><h1>Welcome to Acme</h1></body></html>"
 
@@ -118,75 +114,6 @@ def _counted(hits: collections.Counter[str], path: str, endpoint):  # type: igno
         return await endpoint(request)
 
     return handler
-
-
-# --------------------------------------------------------------------------- uvicorn in a thread
-
-
-class ThreadedServer:
-    """A Starlette app served by uvicorn on 127.0.0.1:<free port> in a background thread."""
-
-    def __init__(self, app: Starlette, *, certfile: str | None = None):
-        self.app = app
-        self.certfile = certfile
-        self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.port is not None, "server not started"
-        return f"{'https' if self.certfile else 'http'}://{HOST}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> "ThreadedServer":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
-        self._sock = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-            ssl_certfile=self.certfile,
-            ssl_keyfile=self.certfile,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name=f"test-server-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"test server on {HOST}:{self.port} did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is not None:
-            server.should_exit = True
-        if thread is not None and thread.is_alive():
-            thread.join(STOP_TIMEOUT_S)
-            if thread.is_alive() and server is not None:
-                server.force_exit = True
-                thread.join(2.0)
-        if self._sock is not None:
-            self._sock.close()
-        self._server = self._thread = self._sock = None
-
-    def __enter__(self) -> "ThreadedServer":
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- raw asyncio servers

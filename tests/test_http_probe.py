@@ -23,7 +23,6 @@ from typing import Any, Iterator
 import pytest
 import trustme
 
-from cxtest import logs
 from cxtest.loader import load_scenario
 from cxtest.model import Outcome, Project, Result, Scenario, StepResult
 from cxtest.runner import Runner

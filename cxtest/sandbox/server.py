@@ -46,76 +46,59 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _config(app: Starlette, log_level: str) -> uvicorn.Config:
+def _config(app: Starlette, log_level: str, certfile: str | None = None) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         log_level=log_level,
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=1,
+        ssl_certfile=certfile,
+        ssl_keyfile=certfile,
     )
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, scheme: str = "http") -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
-class Sandbox:
-    """The sandbox contact centre served by uvicorn in a background thread.
+class ThreadedServer:
+    """An ASGI app served by uvicorn in a background thread on its own bound socket.
 
-    ``port=0`` picks a free port; after :meth:`start`, ``url`` is the base URL
-    (``http://127.0.0.1:54321``). Use as a context manager or call
-    :meth:`start` / :meth:`stop`. ``state`` is the live :class:`SandboxState`
-    (broken flag, tokens, received webhooks) shared with the running app.
+    ``port=0`` picks a free port; after :meth:`start`, ``url`` is the base URL.
+    ``certfile`` (a PEM holding key and certificate) serves HTTPS.
     """
 
-    def __init__(self, broken: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0, certfile: str | None = None) -> None:
+        self.app = app
         self.host = host
         self.requested_port = port
-        self.app: Starlette = create_app(broken=broken)
+        self.certfile = certfile
         self.port: int | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._failure: BaseException | None = None
 
-    # ------------------------------------------------------------------ state
-
-    @property
-    def state(self) -> SandboxState:
-        return self.app.state.sandbox
-
-    @property
-    def broken(self) -> bool:
-        return self.state.broken
-
-    def set_broken(self, broken: bool) -> None:
-        """Break or mend the running sandbox (same effect as ``POST /admin/break``)."""
-        self.state.broken = bool(broken)
-
     @property
     def url(self) -> str:
         if self.port is None:
-            raise SandboxError("sandbox is not running; call start() first")
-        return _url(self.host, self.port)
+            raise SandboxError("server is not running; call start() first")
+        return _url(self.host, self.port, "https" if self.certfile else "http")
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    # -------------------------------------------------------------- lifecycle
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> "Sandbox":
+    def start(self, timeout: float = START_TIMEOUT_S) -> "ThreadedServer":
         if self.running:
             return self
         self._failure = None
         self._sock = _bind(self.host, self.requested_port)
         self.port = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(_config(self.app, "warning"))
-        self._thread = threading.Thread(
-            target=self._run, name=f"cxtest-sandbox-{self.port}", daemon=True
-        )
+        self._server = uvicorn.Server(_config(self.app, "warning", self.certfile))
+        self._thread = threading.Thread(target=self._run, name=f"cxtest-server-{self.port}", daemon=True)
         self._thread.start()
         try:
             self._wait_ready(timeout)
@@ -134,22 +117,14 @@ class Sandbox:
     def _wait_ready(self, timeout: float) -> None:
         assert self._server is not None and self._thread is not None and self.port is not None
         deadline = time.monotonic() + timeout
-        last_error: OSError | None = None
         while time.monotonic() < deadline:
             if not self._thread.is_alive():
                 why = f": {self._failure!r}" if self._failure is not None else ""
-                raise SandboxError(f"sandbox server on {self.host}:{self.port} exited during start-up{why}")
+                raise SandboxError(f"server on {self.host}:{self.port} exited during start-up{why}")
             if self._server.started:
-                try:
-                    with socket.create_connection((self.host, self.port), timeout=1.0):
-                        return
-                except OSError as exc:
-                    last_error = exc
-            time.sleep(0.02)
-        why = f" (last connect error: {last_error})" if last_error else ""
-        raise SandboxError(
-            f"sandbox server on {self.host}:{self.port} did not accept connections within {timeout:g}s{why}"
-        )
+                return  # uvicorn sets `started` once the socket is listening
+            time.sleep(0.01)
+        raise SandboxError(f"server on {self.host}:{self.port} did not start within {timeout:g}s")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         server, thread = self._server, self._thread
@@ -164,19 +139,41 @@ class Sandbox:
             self._sock.close()
         self._server = self._thread = self._sock = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> "ThreadedServer":
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
+
+class Sandbox(ThreadedServer):
+    """The sandbox contact centre served in a background thread.
+
+    ``state`` is the live :class:`SandboxState` (broken flag, tokens, received
+    webhooks) shared with the running app.
+    """
+
+    def __init__(self, broken: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(create_app(broken=broken), host, port)
+
+    @property
+    def state(self) -> SandboxState:
+        return self.app.state.sandbox
+
+    @property
+    def broken(self) -> bool:
+        return self.state.broken
+
+    def set_broken(self, broken: bool) -> None:
+        """Break or mend the running sandbox (same effect as ``POST /admin/break``)."""
+        self.state.broken = bool(broken)
+
+    def __enter__(self) -> "Sandbox":
+        self.start()
+        return self
+
     def __repr__(self) -> str:
-        where = _url(self.host, self.port) if self.port is not None else "not started"
+        where = self.url if self.port is not None else "not started"
         return f"<Sandbox {where} broken={self.broken}>"
 
 
