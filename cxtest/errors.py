@@ -8,7 +8,8 @@ these at one boundary per driver, so the runner maps outcomes without knowing dr
     │   └── ProtocolError       the target answered with something that is not the protocol
     ├── StepFailed         a step could not go on: the customer would be stuck     -> outcome "failed"
     │   └── StepTimeout         no answer within the step timeout
-    └── StoreError         the results store could not be read or written
+    ├── StoreError         the results store could not be read or written
+    └── NotifierError      a receiver did not accept a notification (retryable or not)
 """
 
 from __future__ import annotations
@@ -63,3 +64,13 @@ class StepTimeout(StepFailed):
 
 class StoreError(CxtestError):
     pass
+
+
+class NotifierError(CxtestError):
+    """A receiver did not accept a notification; `retryable` says whether trying again can help."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, excerpt: str = "", retryable: bool = True):
+        super().__init__(message)
+        self.status_code = status_code
+        self.excerpt = excerpt
+        self.retryable = retryable

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -110,17 +110,76 @@ class Step(Frozen):
         return self.name or type(self).__name__
 
 
+_CLOCK = re.compile(r"([01]\d|2[0-3]):[0-5]\d|24:00")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class TimeWindow(Frozen):
+    """A weekly window, e.g. business hours: `{days: mon-fri, start: "08:00", end: "18:00", timezone: Europe/London}`."""
+
+    days: str = "mon-sun"
+    start: str = "00:00"
+    end: str = "24:00"
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _valid(self) -> "TimeWindow":
+        for clock in (self.start, self.end):
+            if not _CLOCK.fullmatch(clock):
+                raise ValueError(f"bad time {clock!r}: use HH:MM, e.g. 08:30")
+        for part in self.days.lower().split(","):
+            for day in part.split("-"):
+                if day.strip() not in _WEEKDAYS:
+                    raise ValueError(f"bad days {self.days!r}: use e.g. mon-fri or sat,sun")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except Exception:  # noqa: BLE001 - zoneinfo raises several kinds for a bad name
+            raise ValueError(f"unknown time zone {self.timezone!r}: use an IANA name like Europe/London") from None
+        return self
+
+
 class Schedule(Frozen):
+    """When a scenario runs under `cxtest monitor`: `every` or `cron`, spread by `jitter`."""
+
     every: Duration | None = None
-    cron: str | None = None
+    cron: str | None = None  # five fields, e.g. "*/5 8-18 * * mon-fri"
     jitter: Duration | None = None
-    locations: tuple[str, ...] = ()
+    active: tuple[TimeWindow, ...] = ()  # run only inside these windows
+    locations: tuple[str, ...] = ()  # the agents that run it; empty means every agent
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> "Schedule":
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give either every (e.g. 5m) or cron (e.g. '*/5 * * * *')")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"bad cron {self.cron!r}: five fields (minute hour day month weekday)")
+        return self
+
+
+Severity = Literal["critical", "error", "warning", "info"]
+
+
+class FailureRate(Frozen):
+    """Open when at least `failures` of the last `of` runs failed (e.g. 3 of 5)."""
+
+    failures: int = Field(ge=1)
+    of: int = Field(ge=1)
 
 
 class AlertPolicy(Frozen):
-    open_after: int = Field(3, ge=1)
-    resolve_after: int = Field(2, ge=1)
-    severity: str = "critical"
+    """When a scenario's results open, remind and resolve an incident, and who hears of it."""
+
+    open_after: int = Field(3, ge=1)  # failed runs in a row
+    resolve_after: int = Field(2, ge=1)  # passed runs in a row
+    failure_rate: FailureRate | None = None
+    degraded_after: int | None = Field(None, ge=1)  # degraded-or-worse runs in a row open a lower-severity incident
+    degraded_severity: Severity = "warning"
+    confirm_after: Duration | None = None  # re-run a failure after this delay before it counts
+    quorum: int | None = Field(None, ge=1)  # locations that must be failing at once
+    remind_every: Duration | None = None
+    severity: Severity = "critical"
     notify: tuple[str, ...] = ()
 
 
@@ -153,6 +212,23 @@ class Notifier(Frozen):
     type: str
 
 
+class Maintenance(Frozen):
+    """No incident opens or notifies for matching scenarios during a window: once (`from`/`until`) or weekly."""
+
+    name: str
+    scenarios: tuple[str, ...] = ("*",)  # glob patterns on scenario ids
+    tags: tuple[str, ...] = ()
+    starts: datetime | None = Field(None, alias="from")
+    ends: datetime | None = Field(None, alias="until")
+    weekly: TimeWindow | None = None
+
+    @model_validator(mode="after")
+    def _when(self) -> "Maintenance":
+        if (self.weekly is None) == (self.starts is None or self.ends is None):
+            raise ValueError("give either from and until (ISO 8601 times) or weekly: {days, start, end, timezone}")
+        return self
+
+
 class Defaults(Frozen):
     alert: AlertPolicy | None = None
     timeout: Duration | None = None
@@ -170,6 +246,7 @@ class Project(Frozen):
     concurrency: int = Field(16, ge=1)
     notifiers: dict[str, Notifier] = {}
     defaults: Defaults = Defaults()
+    maintenance: tuple["Maintenance", ...] = ()
 
     @model_validator(mode="after")
     def _store_url(self) -> "Project":
