@@ -28,8 +28,10 @@ class RunContext:
     location: str = "local"
     attempt: int = 1
     variables: dict[str, Any] = field(default_factory=dict)
+    wrote_artifacts: bool = False  # saves a folder scan per run when nothing was kept
 
     def artifact_path(self, name: str) -> Path:
+        self.wrote_artifacts = True
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         return self.artifacts_dir / name
 

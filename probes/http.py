@@ -5,6 +5,7 @@ httpx errors are translated into cxtest's error tree here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
@@ -219,6 +220,12 @@ def _certificate_days_left(response: httpx.Response) -> float | None:
     return (expires - datetime.now(timezone.utc)).total_seconds() / 86400
 
 
+@functools.lru_cache(maxsize=4096)
+def _absolute_url(base: str, path: str) -> str:
+    # Parsing and joining URLs costs more than the rest of the harness per request; scenarios repeat them.
+    return str(httpx.URL(base).join(path))
+
+
 class _Body:
     """The response body, parsed as JSON at most once and only when asked."""
 
@@ -258,7 +265,7 @@ class HttpSession:
         request = step.request
         url = render(request.url, variables)
         if self.target.url and not url.startswith(("http://", "https://")):
-            url = str(httpx.URL(render(self.target.url, variables)).join(url))
+            url = _absolute_url(render(self.target.url, variables), url)
         # Header names are case-insensitive: a step's "authorization" replaces the target's "Authorization".
         headers = {k.lower(): v for k, v in (*self.target.headers.items(), *request.headers.items())}
         client = self.probe.client(self.target.verify)
