@@ -236,6 +236,22 @@ class Defaults(Frozen):
     retries: int | None = Field(None, ge=0, le=10)
 
 
+class MonitorSettings(Frozen):
+    """`monitor:` in cxtest.yaml: the operator endpoint and concurrency caps per channel."""
+
+    listen: str = "127.0.0.1:9478"  # host:port of /healthz, /metrics and the status page; "" turns it off
+    token: str | None = None  # required when listen is not a loopback address
+    caps: dict[str, int] = {"http": 100, "chat": 50, "web": 4, "ivr": 50, "phone": 50}
+    link_base: str = ""  # public URL of the status page, for links in notifications
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> "MonitorSettings":
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if self.listen and host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            raise ValueError(f"listen {self.listen!r} is not a loopback address: set token to protect it")
+        return self
+
+
 class Project(Frozen):
     """Settings from cxtest.yaml beside the scenarios."""
 
@@ -247,6 +263,7 @@ class Project(Frozen):
     notifiers: dict[str, Notifier] = {}
     defaults: Defaults = Defaults()
     maintenance: tuple["Maintenance", ...] = ()
+    monitor: MonitorSettings = MonitorSettings()
 
     @model_validator(mode="after")
     def _store_url(self) -> "Project":
