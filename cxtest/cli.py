@@ -180,29 +180,200 @@ def status(
     paths: Paths = None,
     store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
 ) -> None:
-    """The latest stored result of every scenario."""
-    from cxtest.loader import find_project_file, load_project
+    """The latest stored result of every scenario, with its open incidents."""
+    from alerts.incidents import Incidents
 
-    try:
-        project = load_project(find_project_file((paths or [Path("scenarios")])[0]))
-    except ScenarioError as exc:
-        console.print("\n".join(str(p) for p in exc.problems), style="red")
-        raise typer.Exit(EXIT_USAGE) from None
-    with _open_store(project, store) as opened:
+    _, opened = _project_store(paths, store)
+    with opened:
         latest = opened.latest()
+        open_by_scenario: dict[str, list[str]] = {}
+        for incident in Incidents(opened).open_incidents():
+            open_by_scenario.setdefault(incident.scenario_id, []).append(f"{incident.rule} ({incident.severity})")
     if not latest:
         console.print("no results stored yet")
         return
-    table = Table("outcome", "scenario", "when", "duration", "message", box=None)
+    table = Table("outcome", "scenario", "when", "duration", "open incidents", "message", box=None)
     for r in latest:
         table.add_row(
             f"[{STYLE[r.outcome]}]{r.outcome.value}[/]",
             escape(r.scenario_id),
             r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             format_duration(r.duration),
+            f"[red]{escape(', '.join(open_by_scenario.get(r.scenario_id, [])))}[/]",
             escape(logs.redact(r.message)[:100]),
         )
     out.print(table)
+
+
+@app.command()
+def monitor(
+    paths: Paths = None,
+    location: Annotated[Optional[str], typer.Option(help="This agent's location (default from cxtest.yaml).")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+    listen: Annotated[Optional[str], typer.Option(help="host:port of /healthz, /metrics and the status page; '' for none.")] = None,
+) -> None:
+    """Run every scheduled scenario until stopped; open and resolve incidents. SIGHUP reloads the files."""
+    from cxtest.monitor import run_monitor
+
+    _load(paths)  # located problems and exit 2 before anything starts
+    try:
+        run_monitor(paths or [Path("scenarios")], location=location, store_url=store, listen=listen)
+    except StoreError as exc:
+        console.print(f"store: {escape(str(exc))}", style="red")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _project_store(paths: list[Path] | None, store: str | None):
+    from cxtest.loader import find_project_file, load_project
+
+    try:
+        project = load_project(find_project_file((paths or [Path("scenarios")])[0]))
+    except ScenarioError as exc:
+        console.print("\n".join(escape(str(p)) for p in exc.problems), style="red")
+        raise typer.Exit(EXIT_USAGE) from None
+    return project, _open_store(project, store)
+
+
+@app.command()
+def incidents(
+    paths: Paths = None,
+    all_: Annotated[bool, typer.Option("--all", help="Resolved incidents too.")] = False,
+    store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+) -> None:
+    """Open incidents (or all of them), newest first."""
+    from alerts.incidents import Incidents
+
+    _, opened = _project_store(paths, store)
+    with opened:
+        book = Incidents(opened)
+        found = book.history(limit=200) if all_ else book.open_incidents()
+    if not found:
+        console.print("no open incidents" if not all_ else "no incidents")
+        return
+    table = Table("id", "state", "severity", "incident", "opened", "resolved", "summary", box=None)
+    for i in found:
+        table.add_row(
+            str(i.id),
+            f"[{'red' if i.state.value == 'open' else 'green'}]{i.state.value}[/]",
+            i.severity,
+            escape(i.key),
+            i.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
+            i.resolved_at.strftime("%Y-%m-%d %H:%M:%S") if i.resolved_at else "",
+            escape(logs.redact(i.summary)[:120]),
+        )
+    out.print(table)
+
+
+@app.command()
+def deliveries(
+    paths: Paths = None,
+    incident: Annotated[Optional[int], typer.Option(help="Only this incident's deliveries.")] = None,
+    state: Annotated[Optional[str], typer.Option(help="pending, sent or failed.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+) -> None:
+    """The notification audit trail: every delivery and each attempt (time, status, response excerpt)."""
+    from alerts.outbox import Outbox
+
+    _, opened = _project_store(paths, store)
+    with opened:
+        outbox = Outbox(opened, {})
+        try:
+            found = outbox.deliveries(incident_id=incident, state=state, limit=limit)
+        finally:
+            asyncio.run(outbox.aclose())
+    if not found:
+        console.print("no deliveries")
+        return
+    table = Table("id", "incident", "notifier", "change", "state", "attempts", "sent", "last attempt", box=None)
+    for d in found:
+        last = d.attempts[-1] if d.attempts else None
+        said = ""
+        if last is not None:
+            said = f"{last.at.strftime('%H:%M:%S')} {last.status_code or ''} {last.outcome.value} {last.error or last.excerpt}".strip()
+        style = {"sent": "green", "pending": "yellow", "failed": "red"}.get(d.state.value, "")
+        table.add_row(
+            str(d.id),
+            escape(d.incident_key),
+            escape(d.notifier),
+            d.change.value,
+            f"[{style}]{d.state.value}[/]",
+            str(d.attempt_count),
+            d.sent_at.strftime("%Y-%m-%d %H:%M:%S") if d.sent_at else "",
+            escape(logs.redact(said)[:100]),
+        )
+    out.print(table)
+
+
+silence_app = typer.Typer(help="Silences: no incident opens for matching scenarios while one is active.", no_args_is_help=True)
+app.add_typer(silence_app, name="silence")
+
+
+@silence_app.command("add")
+def silence_add(
+    matcher: Annotated[str, typer.Argument(help="Scenario id or glob, e.g. 'billing/*' or '*'.")],
+    duration: Annotated[str, typer.Option("--for", help="How long, e.g. 30m or 2h.")] = "1h",
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Only scenarios with this tag (repeatable).")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail (e.g. 'deploy 4.2').")] = "",
+    created_by: Annotated[str, typer.Option("--by", help="Who (default: $USER).")] = "",
+    paths: Annotated[Optional[list[Path]], typer.Option("--project", help="Scenario folder (finds cxtest.yaml).")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+) -> None:
+    """Silence scenarios for a while, e.g. from a deploy job: cxtest silence add 'billing/*' --for 30m."""
+    from alerts.incidents import Incidents
+
+    _, opened = _project_store(paths, store)
+    with opened:
+        try:
+            silence_id = Incidents(opened).silence_add(
+                matcher, duration=duration, tags=tag or (), reason=reason, created_by=created_by or os.environ.get("USER", "")
+            )
+        except ValueError as exc:
+            console.print(escape(str(exc)), style="red")
+            raise typer.Exit(EXIT_USAGE) from None
+    out.print(f"silence {silence_id}: {escape(matcher)} for {duration}")
+
+
+@silence_app.command("list")
+def silence_list(
+    all_: Annotated[bool, typer.Option("--all", help="Expired silences too.")] = False,
+    paths: Annotated[Optional[list[Path]], typer.Option("--project", help="Scenario folder (finds cxtest.yaml).")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+) -> None:
+    """Active silences (or all of them)."""
+    from alerts.incidents import Incidents
+
+    _, opened = _project_store(paths, store)
+    with opened:
+        found = Incidents(opened).silences(active_only=not all_)
+    if not found:
+        console.print("no silences")
+        return
+    table = Table("id", "matcher", "tags", "from", "until", "by", "reason", box=None)
+    for s in found:
+        table.add_row(
+            str(s.id), escape(s.matcher), ",".join(s.tags), s.starts_at.strftime("%Y-%m-%d %H:%M"),
+            s.ends_at.strftime("%Y-%m-%d %H:%M"), escape(s.created_by), escape(s.reason),
+        )
+    out.print(table)
+
+
+@silence_app.command("remove")
+def silence_remove(
+    silence_id: Annotated[int, typer.Argument(help="The id from `cxtest silence list`.")],
+    paths: Annotated[Optional[list[Path]], typer.Option("--project", help="Scenario folder (finds cxtest.yaml).")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+) -> None:
+    """End a silence now."""
+    from alerts.incidents import Incidents
+
+    _, opened = _project_store(paths, store)
+    with opened:
+        removed = Incidents(opened).silence_remove(silence_id)
+    if not removed:
+        console.print(f"no silence {silence_id}", style="red")
+        raise typer.Exit(EXIT_USAGE)
+    out.print(f"silence {silence_id} removed")
 
 
 # --------------------------------------------------------------------------- shared by run and demo

@@ -397,12 +397,47 @@ def load_project(path: Path | None) -> Project:
         doc.problem((), f"{PROJECT_FILE} must be a mapping of settings, got {_describe(data)}")
     if doc.problems or data is None:
         raise ScenarioError(doc.problems)
+    project: Project | None = None
     try:
-        return Project.model_validate({**data, "root": path.parent.resolve()})
+        project = Project.model_validate({**data, "root": path.parent.resolve()})
     except ValidationError as exc:
         _problems_from(doc, exc, Project, data)
+    _check_notifiers(doc, data)
+    if doc.problems:
         doc.problems.sort(key=lambda p: (p.line, p.column))
-        raise ScenarioError(doc.problems) from None
+        raise ScenarioError(doc.problems)
+    assert project is not None
+    return project
+
+
+def _check_notifiers(doc: _Document, data: dict[str, Any]) -> None:
+    """Each `notifiers.<name>` against its type's settings, and `defaults.alert.notify` against the names."""
+    from alerts.notifiers import settings_problems
+
+    for problem in settings_problems(data.get("notifiers")):
+        where = ("notifiers", problem.name)
+        if problem.error is None:
+            doc.problem(where + ("type",), problem.message)
+        else:
+            assert problem.model is not None
+            _problems_from(doc, problem.error, problem.model, dict(problem.values), prefix=where)
+    defaults = data.get("defaults")
+    alert = defaults.get("alert") if isinstance(defaults, dict) else None
+    if isinstance(alert, dict):
+        notifiers = data.get("notifiers")
+        _check_notify(doc, ("defaults", "alert"), alert, notifiers if isinstance(notifiers, dict) else {})
+
+
+def _check_notify(doc: _Document, at: Path_, alert: dict[str, Any], notifiers: Iterable[str]) -> None:
+    """Every name in `alert.notify` must be a notifier defined in cxtest.yaml."""
+    names = alert.get("notify")
+    if not isinstance(names, list):
+        return  # the model reports a notify that is not a list
+    known = set(notifiers)
+    for i, name in enumerate(names):
+        if isinstance(name, str) and name not in known:
+            hint = suggest(name, known) if known else f"; {PROJECT_FILE} defines no notifiers"
+            doc.problem(at + ("notify", i), f"unknown notifier '{name}'" + hint)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -442,7 +477,8 @@ def load_scenario(path: Path, project: Project | None = None) -> Scenario:
     return _load_scenario(path, project)[0]
 
 
-def _load_scenario(path: Path, project: Project | None = None) -> tuple[Scenario, _Document]:
+def _load_scenario(path: Path, project: Project | None = None, *, check_notify: bool = True) -> tuple[Scenario, _Document]:
+    """`check_notify=False` when `project` stands in for a cxtest.yaml that did not load (its names are unknown)."""
     from probes import channels
 
     project = project or load_project(find_project_file(path))
@@ -480,6 +516,8 @@ def _load_scenario(path: Path, project: Project | None = None) -> tuple[Scenario
         scenario = None
     if model is not Scenario and isinstance(data.get("thresholds"), dict):
         _check_thresholds(doc, channel, data["thresholds"])
+    if check_notify and isinstance(data.get("alert"), dict):
+        _check_notify(doc, ("alert",), data["alert"], project.notifiers)
     if doc.problems:
         doc.problems.sort(key=lambda p: (p.line, p.column))
         raise ScenarioError(doc.problems)
@@ -518,6 +556,7 @@ def load_scenarios(paths: Iterable[Path], project: Project | None = None) -> tup
     """Every scenario below `paths`; ScenarioError lists the problems of all files together."""
     paths = list(paths)
     problems: list[Problem] = []
+    check_notify = True
     if project is None:
         project_file = find_project_file(paths[0] if paths else Path.cwd())
         try:
@@ -526,6 +565,7 @@ def load_scenarios(paths: Iterable[Path], project: Project | None = None) -> tup
             # Report cxtest.yaml's problems and still check the scenarios, against default settings.
             problems.extend(exc.problems)
             project = Project(root=project_file.parent.resolve() if project_file else Path.cwd())
+            check_notify = False
     files = scenario_files(paths)
     for path in paths:
         if not path.exists():
@@ -537,7 +577,7 @@ def load_scenarios(paths: Iterable[Path], project: Project | None = None) -> tup
     by_id: dict[str, tuple[str, int, int]] = {}
     for file in files:
         try:
-            scenario, doc = _load_scenario(file, project)
+            scenario, doc = _load_scenario(file, project, check_notify=check_notify)
         except ScenarioError as exc:
             problems.extend(exc.problems)
             continue
