@@ -14,8 +14,8 @@
 set -euo pipefail
 
 # Real peers the tests talk to; later issues append chromium, sip-tester,
-# baresip, kamailio, prometheus-alertmanager.
-APT_PACKAGES="python3-venv postgresql"
+# baresip, kamailio.
+APT_PACKAGES="python3-venv postgresql prometheus-alertmanager"
 
 MIN_PYTHON="3.11"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,6 +55,16 @@ quiet_new_postgres() {
     done < <(pg_lsclusters --no-header 2>/dev/null || true)
 }
 
+# Debian may start the packaged Alertmanager on :9093 on install; the tests
+# start their own on free ports, so stop a system one the install just started.
+quiet_new_alertmanager() {
+    command -v systemctl >/dev/null 2>&1 || return 0
+    if systemctl is-active --quiet prometheus-alertmanager 2>/dev/null; then
+        say "stopping the prometheus-alertmanager service started by the install (tests run their own)"
+        as_root systemctl stop prometheus-alertmanager || say "could not stop prometheus-alertmanager; leaving it running"
+    fi
+}
+
 apt_step() {
     if [[ "${CXTEST_SKIP_APT:-0}" == "1" ]]; then
         say "apt packages skipped (CXTEST_SKIP_APT=1)"
@@ -80,6 +90,9 @@ apt_step() {
         is_installed "$pkg" || die "apt package $pkg is still not installed after apt-get install"
         if [[ "$pkg" == "postgresql" ]]; then
             quiet_new_postgres
+        fi
+        if [[ "$pkg" == "prometheus-alertmanager" ]]; then
+            quiet_new_alertmanager
         fi
     done
     say "apt packages ok"
