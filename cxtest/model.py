@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # --------------------------------------------------------------------------- values
 
@@ -208,8 +208,11 @@ class Scenario(Frozen):
 
 
 class Notifier(Frozen):
+    """`notifiers.<name>`: the type and the settings every type shares; the rest is the type's own."""
+
     model_config = ConfigDict(frozen=True, extra="allow")
     type: str
+    fallback: str | None = None  # another notifier that takes over while this one keeps failing
 
 
 class Maintenance(Frozen):
@@ -264,6 +267,14 @@ class Project(Frozen):
     defaults: Defaults = Defaults()
     maintenance: tuple["Maintenance", ...] = ()
     monitor: MonitorSettings = MonitorSettings()
+
+    @field_validator("notifiers")
+    @classmethod
+    def _fallbacks_exist(cls, notifiers: dict[str, Notifier]) -> dict[str, Notifier]:
+        for name, notifier in notifiers.items():
+            if notifier.fallback is not None and (notifier.fallback == name or notifier.fallback not in notifiers):
+                raise ValueError(f"'{name}' falls back to {notifier.fallback!r}, which is not another notifier here")
+        return notifiers
 
     @model_validator(mode="after")
     def _store_url(self) -> "Project":

@@ -112,7 +112,8 @@ class Monitor:
         self.store = Store(project_store_url(self.project, self.store_url))
         self.incidents = Incidents(self.store, link_base=self.project.monitor.link_base, maintenance=self.project.maintenance)
         self.notifiers = build_notifiers(self.project.notifiers)
-        self.outbox = Outbox(self.store, self.notifiers, agent=self.agent)
+        fallbacks = {name: n.fallback for name, n in self.project.notifiers.items() if n.fallback}
+        self.outbox = Outbox(self.store, self.notifiers, agent=self.agent, fallbacks=fallbacks)
         self.runner = Runner(self.project, store=None)
         self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
         self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)

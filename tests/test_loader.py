@@ -558,3 +558,27 @@ def test_bad_regex_in_save_is_a_problem() -> None:
 def test_negative_duration_with_unit_says_negative() -> None:
     """`timeout: -5s` says the duration must not be negative."""
     assert problems_in(GOOD + "timeout: -5s\n") == ["bad.yaml:6:10 timeout: bad duration '-5s': must not be negative"]
+
+
+def test_notifier_fallback_must_name_another_notifier() -> None:
+    """A `fallback:` that names no other notifier is reported at that notifier's entry."""
+    Path("cxtest.yaml").write_text(
+        'notifiers:\n  a: { type: webhook, url: "http://127.0.0.1:1/x", fallback: b }\n'
+        '  b: { type: webhook, url: "http://127.0.0.1:1/y", fallback: c }\n'
+    )
+    write("ok.yaml", GOOD)
+    assert problems("ok.yaml") == ["cxtest.yaml:3:3 notifiers.b: 'b' falls back to 'c', which is not another notifier here"]
+
+
+def test_notifier_fallback_is_not_a_type_setting() -> None:
+    """`fallback:` is shared by every notifier type, so building the notifiers accepts it."""
+    from alerts.notifiers import build_notifiers
+    from cxtest.loader import load_project
+
+    Path("cxtest.yaml").write_text(
+        'notifiers:\n  a: { type: webhook, url: "http://127.0.0.1:1/x", fallback: b }\n'
+        '  b: { type: webhook, url: "http://127.0.0.1:1/y" }\n'
+    )
+    project = load_project(Path("cxtest.yaml"))
+    assert sorted(build_notifiers(project.notifiers)) == ["a", "b"]
+    assert project.notifiers["a"].fallback == "b"

@@ -88,6 +88,10 @@ class NotifierProblem:
         return "\n".join(lines)
 
 
+# Keys every notifier entry may carry, checked by cxtest.model.Notifier rather than by the type.
+SHARED_KEYS = frozenset({"type", "fallback"})
+
+
 def settings_problems(notifiers: Any) -> list[NotifierProblem]:
     """Problems with the raw `notifiers:` mapping of cxtest.yaml, entry by entry.
 
@@ -105,7 +109,7 @@ def settings_problems(notifiers: Any) -> list[NotifierProblem]:
         if cls is None:
             problems.append(NotifierProblem(str(name), message=f"unknown notifier type {kind!r}{_suggest(kind, _TYPES)}"))
             continue
-        values = {k: v for k, v in entry.items() if k != "type"}
+        values = {k: v for k, v in entry.items() if k not in SHARED_KEYS}
         try:
             cls.settings_model.model_validate(values)
         except ValidationError as exc:
@@ -129,7 +133,7 @@ def build_notifiers(settings: Mapping[str, Any]) -> dict[str, BaseNotifier]:
     if problems:
         raise ValueError("bad notifier settings:\n" + "\n".join(problems))
     return {
-        name: _TYPES[entry["type"]](name, {k: v for k, v in entry.items() if k != "type"})
+        name: _TYPES[entry["type"]](name, {k: v for k, v in entry.items() if k not in SHARED_KEYS})
         for name, entry in raw.items()
     }
 
