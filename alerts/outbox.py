@@ -19,8 +19,8 @@ expires: another agent sends the delivery after `lease` seconds.
 
 Delivery is at-least-once: a receiver that accepted a notification but whose
 answer never reached us (or an agent killed after the send but before recording
-it) gets it again. Every request carries the delivery id in `current_delivery`
-for notifiers that can pass an idempotency key.
+it) gets it again. Each `Notifier.send` runs with `current_delivery` set to the
+delivery id, for notifiers that can pass it on as an idempotency key.
 
 Order: deliveries of the same incident key to the same notifier go out in the
 order they were decided; a later one waits while an earlier one is still pending
@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
 import httpx
 from sqlalchemy import (
@@ -66,7 +66,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from alerts.model import Change, Evidence, Incident, IncidentState, Receipt
+from alerts.model import Change, Evidence, Incident, IncidentState
+from alerts.notifiers.base import Notifier
 from cxtest.errors import NotifierError, StoreError
 from cxtest.logs import get_logger, redact
 from cxtest.model import Outcome
@@ -101,17 +102,6 @@ ERROR_MAX = 1000
 MAX_ROUNDS = 50
 #: Timeout of the HTTP client the outbox creates when none is given.
 CLIENT_TIMEOUT_S = 10.0
-
-
-class Notifier(Protocol):
-    type: ClassVar[str]
-    name: str
-
-    def payload(self, incident: Incident, change: Change, ref: str | None = None) -> dict: ...
-
-    async def send(
-        self, client: httpx.AsyncClient, incident: Incident, change: Change, ref: str | None = None
-    ) -> Receipt: ...
 
 
 class DeliveryState(str, enum.Enum):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import random
 import threading
 import time
@@ -313,11 +312,6 @@ class Outage:
         event.remove(self.engine, "before_cursor_execute", self._fail)
 
 
-def _slow_selected(config: pytest.Config) -> bool:
-    expr = config.getoption("markexpr", "") or ""
-    return os.environ.get("CXTEST_SLOW") == "1" or ("slow" in expr and "not slow" not in expr)
-
-
 # --------------------------------------------------------------------------- pure parts
 
 
@@ -373,8 +367,6 @@ async def test_receiver_down_then_back_delivers_everything_once_in_order(
     make, store: Store, sink: Sink, down_s: float, request: pytest.FixtureRequest
 ) -> None:
     """With the receiver down for a while, every delivery arrives exactly once after it is back, in order per incident."""
-    if request.node.get_closest_marker("slow") and not _slow_selected(request.config):
-        pytest.skip("soak variant: select with -m slow or CXTEST_SLOW=1")
     outbox = make(base_delay=0.05, max_delay=1.0)
     incidents = [incident(n) for n in range(1, 6)]
     opened = [put(store, inc, Change.opened)[0] for inc in incidents]
