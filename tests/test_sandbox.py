@@ -237,7 +237,7 @@ def test_slow_bad_ms(client: httpx.Client) -> None:
 def test_slow_client_timeout(client: httpx.Client) -> None:
     """A client timeout shorter than the sleep times out (the latency/timeout demo)."""
     with pytest.raises(httpx.ReadTimeout):
-        client.get("/api/slow", params={"ms": 2000}, timeout=0.2)
+        client.get("/api/slow", params={"ms": 2000}, timeout=httpx.Timeout(5.0, read=0.2))
 
 
 # --------------------------------------------------------------------- html
