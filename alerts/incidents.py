@@ -60,7 +60,7 @@ from alerts.model import Change, Evidence, Incident, IncidentState
 from alerts.rules import Verdict, in_maintenance, judge, matches, rules_of
 from cxtest import logs
 from cxtest.model import AlertPolicy, Maintenance, Outcome, Result, Scenario, parse_duration
-from cxtest.store import Store, UTCDateTime, metadata
+from cxtest.store import Store, UTCDateTime, create_tables, metadata
 
 __all__ = [
     "EVIDENCE_KEPT",
@@ -278,7 +278,7 @@ class Incidents:
         self.link_base = link_base.rstrip("/")
         self.maintenance = tuple(maintenance)
         with store._errors("cannot create incident tables in"):
-            metadata.create_all(self.engine, tables=_TABLES)
+            create_tables(self.engine, _TABLES)
             if enqueue is None:
                 self._default_outbox()
 

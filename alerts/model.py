@@ -6,6 +6,7 @@ share these shapes and nothing else.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,3 +72,8 @@ class Receipt:
     status_code: int
     excerpt: str = ""
     ref: str | None = None
+
+
+# The outbox sets this around each send, so notifiers can tell receivers which delivery a request
+# is (X-Cxtest-Delivery): a retry after a crash carries the same id and can be dropped as a duplicate.
+current_delivery: contextvars.ContextVar[int | None] = contextvars.ContextVar("cxtest_delivery", default=None)

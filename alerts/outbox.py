@@ -36,7 +36,6 @@ later deliveries still waiting behind it; the primary keeps being retried.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import enum
 import random
 import secrets
@@ -66,12 +65,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from alerts.model import Change, Evidence, Incident, IncidentState
+from alerts.model import Change, Evidence, Incident, IncidentState, current_delivery
 from alerts.notifiers.base import Notifier
 from cxtest.errors import NotifierError, StoreError
 from cxtest.logs import get_logger, redact
 from cxtest.model import Outcome
-from cxtest.store import Store, UTCDateTime, metadata
+from cxtest.store import Store, UTCDateTime, create_tables, metadata
 
 __all__ = [
     "Attempt",
@@ -94,7 +93,6 @@ log = get_logger("alerts.outbox")
 
 #: The id of the delivery being sent, set around every `Notifier.send` call
 #: (a receiver-side idempotency key, or a header for tests).
-current_delivery: contextvars.ContextVar[int | None] = contextvars.ContextVar("cxtest_delivery", default=None)
 
 EXCERPT_MAX = 500
 ERROR_MAX = 1000
@@ -167,7 +165,7 @@ TABLES = [deliveries_table, attempts_table]
 
 def ensure_tables(engine: Engine) -> None:
     """Create the outbox tables if they are missing (the Outbox does this when constructed)."""
-    metadata.create_all(engine, tables=TABLES)
+    create_tables(engine, TABLES)
 
 
 # --------------------------------------------------------------------------- values

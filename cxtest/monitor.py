@@ -253,6 +253,8 @@ class Monitor:
                 await self._flush_results()
             except StoreError as exc:
                 log.warning("store unavailable; results kept in memory and retried", error=str(exc), pending=len(self._pending))
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one bad batch
+                log.error("saving or judging results failed; kept and retried", error=repr(exc), pending=len(self._pending))
             await asyncio.sleep(interval)
 
     async def _flush_results(self) -> None:

@@ -41,7 +41,7 @@ from sqlalchemy.pool import StaticPool
 from cxtest.errors import StoreError
 from cxtest.model import Artifact, CheckResult, Outcome, Result, StepResult
 
-__all__ = ["Store", "metadata", "redact_url"]
+__all__ = ["Store", "create_tables", "metadata", "redact_url"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 10
@@ -240,6 +240,15 @@ def _chunks(items: Sequence[int], size: int = _ID_CHUNK) -> Iterable[Sequence[in
 # --------------------------------------------------------------------------- the store
 
 
+def create_tables(engine: Engine, tables: Sequence[Table] | None = None) -> None:
+    """Create missing tables. On PostgreSQL two agents starting at once would both try and one
+    would fail on the catalogue's unique index, so creation holds a cluster-wide advisory lock."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7316)")  # any constant shared by all cxtest agents
+        metadata.create_all(conn, tables=tables)
+
+
 class Store:
     """Results history in one database; safe to share between threads."""
 
@@ -277,7 +286,7 @@ class Store:
                 "reinstall cxtest with its dependencies"
             ) from None
         with self._errors("cannot open"):
-            metadata.create_all(self.engine)
+            create_tables(self.engine)
 
     @staticmethod
     def _sqlite_engine(parsed: Any) -> Engine:

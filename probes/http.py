@@ -12,6 +12,7 @@ import socket
 import ssl
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cache
 from typing import Annotated, Any, AsyncIterator, ClassVar, Literal
@@ -301,7 +302,7 @@ class HttpSession:
 
     def _judge(self, expect: HttpExpect, response: httpx.Response, body: _Body, measures: dict[str, float]) -> list[CheckResult]:
         status = expect.status or Match(lt=400)
-        checks = judge_match("status", response.status_code, status)
+        checks = [_status_class_text(c, status) for c in judge_match("status", response.status_code, status)]
         for name, match in expect.headers.items():
             checks += judge_match(f"header {name}", response.headers.get(name, ABSENT), match)
         for path, match in expect.json_path.items():
@@ -341,6 +342,14 @@ class HttpSession:
             else:
                 self.ctx.variables[name] = value
         return checks
+
+
+def _status_class_text(check: CheckResult, status: Match) -> CheckResult:
+    """`status (503) is 2xx` reads better than the regex the `2xx` shorthand became."""
+    found = re.fullmatch(r"\^([1-5])\\d\\d\$", status.matches or "")
+    if not found:
+        return check
+    return replace(check, expected=f"{found.group(1)}xx", text=f"status ({check.actual}) is {found.group(1)}xx")
 
 
 def _request_text(request: httpx.Request) -> str:

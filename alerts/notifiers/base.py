@@ -26,7 +26,7 @@ from typing import Annotated, Any, ClassVar, Mapping, Protocol, runtime_checkabl
 import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from alerts.model import Change, Evidence, Incident, Receipt
+from alerts.model import Change, Evidence, Incident, Receipt, current_delivery
 from cxtest.errors import NotifierError
 from cxtest.logs import redact
 
@@ -251,6 +251,9 @@ async def deliver(
     """
     where = f"{method} {shown_url(url, secret=secret_url)}"
     all_headers = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+    delivery = current_delivery.get()
+    if delivery is not None:
+        all_headers["X-Cxtest-Delivery"] = str(delivery)
     try:
         response = await client.request(method, url, content=body, headers=all_headers, auth=auth)
     except httpx.TimeoutException as exc:
