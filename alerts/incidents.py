@@ -56,10 +56,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from alerts.model import Change, Evidence, Incident, IncidentState
+from alerts.model import Change, Evidence, Incident, IncidentState, evidence_from_json, evidence_to_json
 from alerts.rules import Verdict, in_maintenance, judge, matches, rules_of
 from cxtest import logs
-from cxtest.model import AlertPolicy, Maintenance, Outcome, Result, Scenario, parse_duration
+from cxtest.model import AlertPolicy, Maintenance, Result, Scenario, parse_duration
 from cxtest.store import Store, UTCDateTime, create_tables, metadata
 
 __all__ = [
@@ -186,28 +186,6 @@ def evidence_of(result: Result) -> Evidence:
     )
 
 
-def _evidence_json(item: Evidence) -> dict[str, Any]:
-    return {
-        "run_id": item.run_id,
-        "started_at": item.started_at.isoformat(),
-        "outcome": item.outcome.value,
-        "message": item.message,
-        "location": item.location,
-        "artifacts": list(item.artifacts),
-    }
-
-
-def _evidence_from(data: Mapping[str, Any]) -> Evidence:
-    return Evidence(
-        run_id=data.get("run_id", ""),
-        started_at=_now(datetime.fromisoformat(data["started_at"])),
-        outcome=Outcome(data["outcome"]),
-        message=data.get("message", ""),
-        location=data.get("location", ""),
-        artifacts=tuple(data.get("artifacts") or ()),
-    )
-
-
 def _merge(new: Sequence[Evidence], old: Sequence[Evidence]) -> tuple[Evidence, ...]:
     """Newest first, each run once (another agent may report the same results), at most EVIDENCE_KEPT."""
     seen: dict[tuple[str, datetime, str], Evidence] = {}
@@ -233,7 +211,7 @@ def _incident_from(row: Mapping[str, Any]) -> Incident:
         opened_at=row["opened_at"],
         resolved_at=row["resolved_at"],
         reminders=row["reminders"],
-        evidence=tuple(_evidence_from(e) for e in row["evidence"] or ()),
+        evidence=tuple(evidence_from_json(e) for e in row["evidence"] or ()),
         link=row["link"],
         tags=tuple(row["tags"] or ()),
     )
@@ -395,7 +373,7 @@ class Incidents:
                         severity=verdict.severity,
                         scenario_name=scenario.name,
                         tags=list(scenario.tags),
-                        evidence=[_evidence_json(e) for e in merged],
+                        evidence=[evidence_to_json(e) for e in merged],
                         updated_at=now,
                     )
                 )
@@ -421,7 +399,7 @@ class Incidents:
                     # The reminder interval counts from the opening notification.
                     last_notified_at=now,
                     reminders=0,
-                    evidence=[_evidence_json(e) for e in kept],
+                    evidence=[evidence_to_json(e) for e in kept],
                     link="",
                     tags=list(scenario.tags),
                     updated_at=now,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import Any
 
 from cxtest.model import Outcome
 
@@ -77,3 +79,74 @@ class Receipt:
 # The outbox sets this around each send, so notifiers can tell receivers which delivery a request
 # is (X-Cxtest-Delivery): a retry after a crash carries the same id and can be dropped as a duplicate.
 current_delivery: contextvars.ContextVar[int | None] = contextvars.ContextVar("cxtest_delivery", default=None)
+
+
+# --------------------------------------------------------------------------- JSON, for the store
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(timezone.utc).isoformat()
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+def evidence_to_json(e: Evidence) -> dict[str, Any]:
+    return {
+        "run_id": e.run_id,
+        "started_at": _iso(e.started_at),
+        "outcome": Outcome(e.outcome).value,
+        "message": e.message,
+        "location": e.location,
+        "artifacts": list(e.artifacts),
+    }
+
+
+def evidence_from_json(data: Mapping[str, Any]) -> Evidence:
+    return Evidence(
+        run_id=data["run_id"],
+        started_at=_from_iso(data["started_at"]),  
+        outcome=Outcome(data["outcome"]),
+        message=data.get("message", ""),
+        location=data.get("location", ""),
+        artifacts=tuple(data.get("artifacts") or ()),
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, Evidence):
+        return evidence_to_json(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def incident_to_json(incident: Incident) -> dict[str, Any]:
+    """Every Incident field as JSON: datetimes ISO 8601 (UTC), enums by value, tuples as lists."""
+    return {f.name: _plain(getattr(incident, f.name)) for f in fields(Incident)}
+
+
+_DATETIME_FIELDS = ("opened_at", "resolved_at")
+
+
+def incident_from_json(data: Mapping[str, Any]) -> Incident:
+    """The Incident `incident_to_json` wrote; keys it does not know are ignored."""
+    known = {f.name for f in fields(Incident)}
+    values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+    for name in _DATETIME_FIELDS:
+        if name in values:
+            values[name] = _from_iso(values[name])
+    values["state"] = IncidentState(values["state"])
+    values["evidence"] = tuple(evidence_from_json(e) for e in values.get("evidence") or ())
+    values["tags"] = tuple(values.get("tags") or ())
+    return Incident(**values)

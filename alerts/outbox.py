@@ -41,7 +41,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -65,11 +65,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from alerts.model import Change, Evidence, Incident, IncidentState, current_delivery
+from alerts.model import Change, Incident, current_delivery, incident_from_json, incident_to_json
 from alerts.notifiers.base import Notifier
 from cxtest.errors import NotifierError, StoreError
 from cxtest.logs import get_logger, redact
-from cxtest.model import Outcome
 from cxtest.store import Store, UTCDateTime, create_tables, metadata
 
 __all__ = [
@@ -177,71 +176,6 @@ def _utc(value: datetime) -> datetime:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else _utc(value).isoformat()
-
-
-def _from_iso(value: str | None) -> datetime | None:
-    return None if value is None else _utc(datetime.fromisoformat(value))
-
-
-def _evidence_to_json(e: Evidence) -> dict[str, Any]:
-    return {
-        "run_id": e.run_id,
-        "started_at": _iso(e.started_at),
-        "outcome": Outcome(e.outcome).value,
-        "message": e.message,
-        "location": e.location,
-        "artifacts": list(e.artifacts),
-    }
-
-
-def _evidence_from_json(data: Mapping[str, Any]) -> Evidence:
-    return Evidence(
-        run_id=data["run_id"],
-        started_at=_from_iso(data["started_at"]),  # type: ignore[arg-type]
-        outcome=Outcome(data["outcome"]),
-        message=data.get("message", ""),
-        location=data.get("location", ""),
-        artifacts=tuple(data.get("artifacts") or ()),
-    )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, Evidence):
-        return _evidence_to_json(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def incident_to_json(incident: Incident) -> dict[str, Any]:
-    """Every Incident field as JSON: datetimes ISO 8601 (UTC), enums by value, tuples as lists."""
-    return {f.name: _plain(getattr(incident, f.name)) for f in fields(Incident)}
-
-
-_DATETIME_FIELDS = ("opened_at", "resolved_at")
-
-
-def incident_from_json(data: Mapping[str, Any]) -> Incident:
-    """The Incident `incident_to_json` wrote; keys it does not know are ignored."""
-    known = {f.name for f in fields(Incident)}
-    values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
-    for name in _DATETIME_FIELDS:
-        if name in values:
-            values[name] = _from_iso(values[name])
-    values["state"] = IncidentState(values["state"])
-    values["evidence"] = tuple(_evidence_from_json(e) for e in values.get("evidence") or ())
-    values["tags"] = tuple(values.get("tags") or ())
-    return Incident(**values)
 
 
 def backoff(
@@ -805,7 +739,7 @@ class Outbox:
                 status=o.status_code,
                 error=error,
                 attempts=d.attempts + 1,
-                next_attempt_at=_iso(next_at),
+                next_attempt_at=next_at.isoformat(),
             )
         if fallback_ids:
             log.warning("delivery copied to fallback", **where, fallback=self.fallbacks[d.notifier], copies=fallback_ids)
