@@ -374,6 +374,13 @@ async def test_receiver_down_for_a_minute_gets_every_transition_once(
 
 
 @pytest.mark.timeout(90)
+def all_sent(store: Store) -> bool:
+    from alerts.outbox import Outbox
+
+    found = Outbox(store, {}).deliveries()
+    return bool(found) and all(d.state.value == "sent" for d in found)
+
+
 def test_sigkill_mid_run_and_restart_keeps_the_incident_and_the_schedule(
     tmp_path: Path, sandbox: Sandbox, sink: Sink, agents: Callable[..., Agent]
 ) -> None:
@@ -387,6 +394,8 @@ def test_sigkill_mid_run_and_restart_keeps_the_incident_and_the_schedule(
         opened = wait_until(lambda: open_incident(store), 15, "the incident to open")
         # Killed once the opened notification was sent (between send and record it would come again: at-least-once).
         wait_until(lambda: sink.pairs() == [("opened", KEY)], 10, "the opened delivery")
+        # ...and recorded as sent: a delivery still claimed by the killed agent waits out its lease (60 s).
+        wait_until(lambda: all_sent(store), 10, "the opened delivery to be recorded")
         first.kill()
         killed_at = datetime.now(timezone.utc)
 
