@@ -40,13 +40,14 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = 50.0
@@ -82,81 +83,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class SandboxProcess:
+class SandboxProcess(ServerProcess):
     """`cxtest sandbox --port N` in its own process; always stopped by its pid, even on errors."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # its stderr (the banner; a traceback if it fails)
-
-    def command(self) -> list[str]:
+        port = _free_port()
         script = Path(sys.executable).parent / "cxtest"
-        if script.exists():
-            return [str(script), "sandbox", "--port", str(self.port)]
-        return [sys.executable, "-c", "import sys; from cxtest.cli import main; sys.exit(main())", "sandbox", "--port", str(self.port)]
-
-    def __enter__(self) -> "SandboxProcess":
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        command = (
+            [str(script), "sandbox", "--port", str(port)]
+            if script.exists()
+            else [sys.executable, "-c", "import sys; from cxtest.cli import main; sys.exit(main())", "sandbox", "--port", str(port)]
         )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def _wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + SANDBOX_START_TIMEOUT_S
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise BenchError(f"sandbox exited during start-up (exit code {self.proc.returncode}): {self.stderr_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + STATUS_PATH, timeout=1.0).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise BenchError(f"sandbox did not answer on {self.url} within {SANDBOX_START_TIMEOUT_S:g}s: {self.stderr_tail()}")
-            time.sleep(0.1)
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:].strip()
-
-    def cpu_seconds(self) -> float | None:
-        """The sandbox's user + system CPU so far (Linux /proc)."""
-        try:
-            assert self.proc is not None
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError, AssertionError):
-            return None
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            self.log.close()
-            return
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(SANDBOX_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-        self.log.close()
+        super().__init__(
+            command,
+            f"http://127.0.0.1:{port}",
+            ready_path=STATUS_PATH,
+            name="sandbox",
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            start_timeout=SANDBOX_START_TIMEOUT_S,
+            stop_timeout=SANDBOX_STOP_TIMEOUT_S,
+            error=BenchError,
+        )
 
 
 # --------------------------------------------------------------------------- one size

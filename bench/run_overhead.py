@@ -30,13 +30,14 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+
+from server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.5
@@ -92,71 +93,27 @@ def serve(fd: int) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-class Server:
-    """The uvicorn child on 127.0.0.1; always stopped by its pid, even on errors."""
+class Server(ServerProcess):
+    """The uvicorn child on 127.0.0.1, serving a socket bound here (so the port is known at once)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1024)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> "Server":
         fd = self.sock.fileno()
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, str(Path(__file__).resolve()), "--serve-fd", str(fd)],
+            f"http://127.0.0.1:{self.sock.getsockname()[1]}",
+            ready_path=STATUS_PATH,
+            name="bench server",
             pass_fds=(fd,),
-            stdin=subprocess.DEVNULL,
+            start_timeout=SERVER_START_TIMEOUT_S,
+            stop_timeout=SERVER_STOP_TIMEOUT_S,
         )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def _wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bench server exited during start-up (exit code {self.proc.returncode})")
-            try:
-                if httpx.get(self.url + STATUS_PATH, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bench server did not answer on {self.url} within {SERVER_START_TIMEOUT_S:g}s")
-            time.sleep(0.05)
-
-    def cpu_seconds(self) -> float | None:
-        """The server's user + system CPU so far (Linux /proc), to show it is not the bottleneck."""
-        try:
-            assert self.proc is not None
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError, AssertionError):
-            return None
 
     def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+        super().stop()
         self.sock.close()
 
 
