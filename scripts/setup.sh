@@ -13,9 +13,9 @@
 #              CXTEST_SKIP_APT=1 (skip the Debian step, e.g. on a non-Debian dev box).
 set -euo pipefail
 
-# Real peers the tests talk to; later issues append chromium, sip-tester,
-# baresip, kamailio.
-APT_PACKAGES="python3-venv postgresql prometheus-alertmanager"
+# Real peers the tests talk to (PostgreSQL, Alertmanager, SIPp, baresip,
+# Kamailio) and flite, which voices the sandbox IVR's prompts.
+APT_PACKAGES="python3-venv postgresql prometheus-alertmanager sip-tester baresip kamailio flite"
 
 MIN_PYTHON="3.11"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
