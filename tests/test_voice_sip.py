@@ -83,7 +83,7 @@ async def test_failure_responses_are_data_not_exceptions(pair, status, reason):
     callee.on_invite = refuse
     call = await caller.dial(callee_uri(callee))
     assert (call.status, call.reason, call.answered) == (status, reason, False)
-    assert call.end_reason == f"failed: {status} {reason}" and call.media._closed
+    assert call.end_reason == f"failed: {status} {reason}" and call.media.closed
     with pytest.raises(CallEnded, match=f"not answered: {status} {reason}"):
         call.raise_for_status()
 
@@ -140,7 +140,7 @@ async def test_remote_bye_ends_the_call(pair):
     callee.on_invite = answer_then_hang_up
     call = await caller.dial(callee_uri(callee))
     assert await call.wait_ended(3) == "remote bye"
-    assert call.media._closed
+    assert call.media.closed
     with pytest.raises(CallEnded):
         await call.send_dtmf("1")
 

@@ -1,0 +1,1 @@
+"""The voice engine: SIP user agent, RTP media, DTMF, audio."""
