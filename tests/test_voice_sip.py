@@ -319,3 +319,33 @@ async def test_peer_that_stops_answering_mid_call_ends_the_hangup_at_timer_f():
             assert sum(d.startswith(b"BYE") for d in peer.received) >= 5
     finally:
         transport.close()
+
+
+async def test_lost_packets_are_counted_and_the_recording_keeps_its_timeline(pair):
+    """A far end whose every 10th packet is lost: ~10% loss in the stats, the recording still real-time long."""
+    caller, callee = pair
+    lossy = []
+
+    async def answer_lossily(call):
+        await call.answer()
+        transport = call.media._transport
+        sendto = transport.sendto
+        count = iter(range(10**9))
+
+        def drop_every_tenth(data, addr=None):
+            if next(count) % 10 != 9:
+                sendto(data, addr)
+
+        transport.sendto = drop_every_tenth
+        lossy.append(call)
+        await call.ended.wait()
+
+    callee.on_invite = answer_lossily
+    call = await caller.dial(callee_uri(callee))
+    await asyncio.sleep(1.0)
+    stats = call.media.stats
+    assert 0.07 < stats.loss_fraction < 0.13 and stats.lost >= 4
+    assert stats.max_gap_ms >= 35
+    recording = call.media.recording
+    assert abs(len(recording.pcm()) / 16000 - recording.duration) < 0.05
+    await call.hangup()
