@@ -148,14 +148,22 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the reports.")] = Path("out"),
 ) -> None:
     """Start the sandbox contact centre, run scenarios/demo against it, write reports to out/."""
-    from cxtest.sandbox.server import Sandbox
+    from cxtest.sandbox.server import Sandbox, start_ivr
 
     with Sandbox(broken=broken) as sandbox:
         os.environ["CXTEST_SANDBOX_URL"] = sandbox.url
         console.print(f"sandbox contact centre on {sandbox.url}" + (" (broken on purpose)" if broken else ""))
-        project, scenarios = _load(paths or [Path("scenarios/demo")])
-        store = _open_store(project, None)
-        results = execute(project, scenarios, store=store, show_progress=True)
+        ivr = start_ivr("127.0.0.1", 0)
+        try:
+            if ivr is not None:
+                os.environ["CXTEST_SANDBOX_SIP"] = f"127.0.0.1:{ivr.port}"
+                console.print(f"sandbox IVR on {ivr.uri()}")
+            project, scenarios = _load(paths or [Path("scenarios/demo")])
+            store = _open_store(project, None)
+            results = execute(project, scenarios, store=store, show_progress=True)
+        finally:
+            if ivr is not None:
+                ivr.stop()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_reports(results, junit=out_dir / "junit.xml", json_report=out_dir / "results.json", html=out_dir / "report.html")
     summarize(results, table=True)
@@ -167,12 +175,13 @@ def demo(
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8480,
     broken: Annotated[bool, typer.Option("--break", help="Start broken: /api/status answers 503.")] = False,
+    sip_port: Annotated[int, typer.Option(help="SIP port (UDP and TCP) on 127.0.0.1 of the IVR; 0 picks a free one.")] = 5080,
 ) -> None:
-    """Serve the demo contact centre on 127.0.0.1 until Ctrl-C."""
+    """Serve the demo contact centre (HTTP API and SIP IVR) on 127.0.0.1 until Ctrl-C."""
     from cxtest.sandbox.server import serve
 
     console.print(f"sandbox contact centre on http://127.0.0.1:{port}" + (" (broken)" if broken else ""))
-    serve("127.0.0.1", port, broken)
+    serve("127.0.0.1", port, broken, sip_port=sip_port)
 
 
 @app.command()

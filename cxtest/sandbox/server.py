@@ -3,6 +3,9 @@
     with Sandbox(broken=True) as sb:
         httpx.get(f"{sb.url}/api/status")      # 503, billing down
 
+    with Sandbox(ivr=True) as sb:
+        sb.ivr.uri()                            # "sip:ivr@127.0.0.1:PORT", the Acme Bank phone menu
+
 The server binds its own socket on 127.0.0.1 before uvicorn starts, so with
 ``port=0`` the chosen port is known at once and nothing races for it.
 """
@@ -14,11 +17,15 @@ import socket
 import threading
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
 
 from cxtest.sandbox.app import SandboxState, create_app
+
+if TYPE_CHECKING:
+    from cxtest.sandbox.ivr import IvrThread
 
 #: How long ``start()`` waits for the server to accept connections.
 START_TIMEOUT_S = 10.0
@@ -150,11 +157,32 @@ class Sandbox(ThreadedServer):
     """The sandbox contact centre served in a background thread.
 
     ``state`` is the live :class:`SandboxState` (broken flag, tokens, received
-    webhooks) shared with the running app.
+    webhooks) shared with the running app. With ``ivr=True`` the SIP IVR answers
+    too, on ``sip_port`` (0: a free one): ``ivr.uri()`` is its address.
     """
 
-    def __init__(self, broken: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, broken: bool = False, host: str = "127.0.0.1", port: int = 0, ivr: bool = False, sip_port: int = 0) -> None:
         super().__init__(create_app(broken=broken), host, port)
+        self.ivr: IvrThread | None = None
+        if ivr:
+            from cxtest.sandbox.ivr import IvrThread  # the voice engine loads only when the IVR is asked for
+
+            self.ivr = IvrThread(host=host, port=sip_port)
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> "Sandbox":
+        super().start(timeout)
+        if self.ivr is not None:
+            try:
+                self.ivr.start(timeout)
+            except BaseException:
+                super().stop()
+                raise
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        if self.ivr is not None:
+            self.ivr.stop(timeout)
+        super().stop(timeout)
 
     @property
     def state(self) -> SandboxState:
@@ -169,19 +197,35 @@ class Sandbox(ThreadedServer):
         self.state.broken = bool(broken)
 
     def __enter__(self) -> "Sandbox":
-        self.start()
-        return self
+        return self.start()
 
     def __repr__(self) -> str:
         where = self.url if self.port is not None else "not started"
         return f"<Sandbox {where} broken={self.broken}>"
 
 
-def serve(host: str = "127.0.0.1", port: int = 8765, broken: bool = False, log_level: str = "warning") -> None:
-    """Serve the sandbox in the foreground until Ctrl+C (the ``cxtest sandbox`` command)."""
+def start_ivr(host: str, sip_port: int) -> "IvrThread | None":
+    """The SIP IVR in a background thread, or None after saying why it cannot run (the HTTP sandbox goes on without it)."""
+    from cxtest.sandbox.ivr import IvrError, IvrThread
+
+    try:
+        return IvrThread(host=host, port=sip_port).start()
+    except IvrError as exc:
+        print(f"cxtest sandbox: no SIP IVR: {exc}", flush=True)
+        return None
+
+
+def serve(
+    host: str = "127.0.0.1", port: int = 8765, broken: bool = False, log_level: str = "warning", sip_port: int | None = None
+) -> None:
+    """Serve the sandbox in the foreground until Ctrl+C (the ``cxtest sandbox`` command); the IVR too given a ``sip_port``."""
     app = create_app(broken=broken)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
+    ivr = start_ivr(host, sip_port) if sip_port is not None else None
+    if ivr is not None:
+        users = ", ".join(ivr.ivr.menu.entries)
+        print(f"cxtest sandbox IVR answering on {ivr.uri()}  (users: {users})", flush=True)
     mode = " (broken)" if app.state.sandbox.broken else ""
     print(f"cxtest sandbox{mode} listening on {_url(host, bound)}  (Ctrl+C to stop)", flush=True)
     server = uvicorn.Server(_config(app, log_level))
@@ -189,3 +233,5 @@ def serve(host: str = "127.0.0.1", port: int = 8765, broken: bool = False, log_l
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if ivr is not None:
+            ivr.stop()

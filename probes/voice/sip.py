@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 from sipmessage import URI, Address, Message, Request, Response
 
+from cxtest.errors import StepFailed
 from probes.voice import dtmf, sdp
 from probes.voice.audio import PcmSource, Source
 from probes.voice.digest import AuthError, Credentials, authorization, choose
@@ -68,7 +69,7 @@ class TraceEntry:
     text: str
 
 
-class CallEnded(Exception):
+class CallEnded(StepFailed):
     """The call was over before the operation could run (the far end hung up, cancelled, or never answered)."""
 
 
