@@ -259,6 +259,7 @@ class Call:
         self._cancel_requested = asyncio.Event()
         self._acks: dict[int, bytes] = {}  # CSeq -> our ACK, re-sent when a 2xx is retransmitted
         self.reason_detail = ""
+        self.dialled_user = ""  # the Request-URI's user part: which number or service was called
 
     # -- what tests and probes read
 
@@ -320,11 +321,14 @@ class Call:
         await asyncio.wait_for(self.ended.wait(), timeout)
         return self.end_reason
 
-    async def play(self, source: Source | bytes) -> None:
-        """Play audio into the call until it ends; bytes are 8 kHz 16-bit mono PCM."""
+    async def play(self, source: Source | bytes) -> bool:
+        """Play audio into the call: True once all of it was sent, False if a newer play replaced it.
+
+        Bytes are 8 kHz 16-bit mono PCM. Raises CallEnded when the call ends first.
+        """
         media = self._live_media()
         try:
-            await media.play(PcmSource(source) if isinstance(source, bytes) else source)
+            return await media.play(PcmSource(source) if isinstance(source, bytes) else source)
         except StreamClosed:
             raise CallEnded(f"call to {self.uri} ended while playing ({self.end_reason})") from None
 
@@ -352,9 +356,22 @@ class Call:
             raise ValueError(f"unknown DTMF method {method!r}: rfc4733, info or inband")
         self._event("dtmf sent", f"{digits} ({method})")
 
-    async def next_digit(self, timeout: float) -> dtmf.ReceivedDigit:
-        """The next digit the far end sent (RFC 4733 or SIP INFO)."""
-        return await asyncio.wait_for(self.digits.get(), timeout)
+    async def next_digit(self, timeout: float | None = None) -> dtmf.ReceivedDigit:
+        """The next digit the far end sent (RFC 4733 or SIP INFO); TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # An RFC 4733 event whose end packets were all lost is reported once it falls quiet.
+            if (late := self._event_receiver.flush(time.monotonic())) is not None:
+                self._digit(late, "rfc4733")
+            if not self.digits.empty():
+                return self.digits.get_nowait()
+            wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError(f"no DTMF digit within {timeout:g} s")
+            try:
+                return await asyncio.wait_for(self.digits.get(), wait)
+            except TimeoutError:
+                continue
 
     # -- callee side
 
@@ -610,6 +627,7 @@ class UserAgent:
         call._auth = auth
         call._cancel_requested = asyncio.Event()
         target = URI.parse(uri)
+        call.dialled_user = target.user or ""
         first_hop = self._peer_for_uri(URI.parse(proxy) if proxy else target, None)
         from_addr = self._local_address(from_user, display_name)
         self._calls[(call.call_id, call.local_tag)] = call
@@ -1149,6 +1167,7 @@ class UserAgent:
         call.call_id = request.call_id
         call._codecs = sdp.codecs_named(("PCMU", "PCMA"))
         call._server = server
+        call.dialled_user = request.uri.user or ""
         server.call = call
         call._record("received", peer, raw)
         self._calls[(call.call_id, call.local_tag)] = call
