@@ -204,3 +204,27 @@ async def test_register_with_kamailio_then_be_called_through_it(ua, tmp_path):
 
 def trace_after(trace: str, marker: str) -> str:
     return marker + trace.split(marker, 1)[1] if marker in trace else ""
+
+
+async def test_hold_re_invite_is_answered_and_the_call_survives(ua, tmp_path):
+    """SIPp's re-INVITE with a=sendonly gets our 200 with a=recvonly; the call stays up until SIPp's BYE."""
+    with SippUas(tmp_path, "uas_reinvite.xml", duration_ms=800) as uas:
+        call = await ua.dial(uas.uri)
+        assert call.answered
+        assert await call.wait_ended(5) == "remote bye"
+        assert await wait_exit(uas) == 0, uas.explain()
+    assert "re-INVITE" in [what for _, what, _ in call.events]
+    answer = call.trace_text().split("CSeq: 1 INVITE")[-1]
+    assert "a=recvonly" in answer
+
+
+async def test_session_timer_refreshed_by_us_when_we_are_the_refresher(ua, tmp_path):
+    """A 200 with Session-Expires: 2;refresher=uac makes us re-INVITE within 2 s; SIPp's scenario, which waits for it, passes."""
+    with SippUas(tmp_path, "uas_session_timer.xml") as uas:
+        call = await ua.dial(uas.uri)
+        assert call.answered
+        await asyncio.sleep(1.6)
+        assert not call.is_over
+        await call.hangup()
+        assert await wait_exit(uas) == 0, uas.explain()
+    assert call.trace_text().count("INVITE sip:") >= 2

@@ -16,6 +16,7 @@ from probes.voice.g711 import CODECS, Codec
 
 DTMF_PAYLOAD_TYPE = 101
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
 _STATIC = {0: ("PCMU", 8000), 8: ("PCMA", 8000)}
 _versions = itertools.count(int(time.time()))
 

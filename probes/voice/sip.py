@@ -247,6 +247,7 @@ class Call:
         self._dialog: _Dialog | None = None
         self._ack: bytes | None = None
         self._sdp_version = 0
+        self._direction = "sendrecv"
         self._session_id = int(time.time() * 1000) % 10**10
         self._codecs: tuple = ()
         self._event_receiver = dtmf.EventReceiver()
@@ -441,7 +442,8 @@ class Call:
         if self.negotiated is not None:  # once settled, describe what was agreed (the far end's telephone-event number)
             codecs, dtmf_pt = (self.negotiated.codec,), self.negotiated.dtmf_payload_type
         return sdp.describe(
-            self.ua.host, self.media.local_port, codecs, dtmf_pt, session_id=self._session_id, version=self._session_id + self._sdp_version
+            self.ua.host, self.media.local_port, codecs, dtmf_pt,
+            session_id=self._session_id, version=self._session_id + self._sdp_version, direction=self._direction,
         )
 
     async def _open_media(self) -> None:
@@ -465,6 +467,8 @@ class Call:
     def _take_answer(self, body: bytes, *, answerer: bool) -> None:
         remote = sdp.parse(body)
         self.negotiated = sdp.negotiate(remote, self._codecs, answerer=answerer)
+        # RFC 3264 §6.1: answer hold (sendonly) with recvonly, and so on.
+        self._direction = sdp.ANSWER_DIRECTION[remote.direction] if answerer else "sendrecv"
 
     def _start_media(self) -> None:
         if self.media is None or self.negotiated is None:
