@@ -15,6 +15,10 @@ from typing import Iterator
 
 import pytest
 
+# The real SIP peers (SIPp, baresip, Kamailio) and their `voice_peers` fixture; loading it
+# here, before any test module imports it, lets pytest rewrite its asserts.
+pytest_plugins = ["voice_peers"]
+
 # =========================================================================== PostgreSQL
 # A throwaway PostgreSQL cluster for the `postgres`-marked tests: initdb into a
 # temporary folder, one server on 127.0.0.1 with trust auth, stopped at session end.

@@ -16,11 +16,7 @@ from pathlib import Path
 
 import pytest
 
-# voice_peers is both imported here and loaded as a plugin (for its fixture): registering
-# it for assertion rewriting before the import keeps pytest from warning it came too late.
-pytest.register_assert_rewrite("voice_peers")
-
-from voice_peers import (  # noqa: E402
+from voice_peers import (
     HOST,
     SIPP_ALL_CALLS_OK,
     SIPP_SOME_CALL_FAILED,
@@ -32,8 +28,6 @@ from voice_peers import (  # noqa: E402
     speech_wav,
     tone_wav,
 )
-
-pytest_plugins = ["voice_peers"]
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -37,6 +37,19 @@ async def pair():
         yield caller, callee
 
 
+def ring_forever(callee: UserAgent) -> list:
+    """Make the callee ring and never answer; returns the list its calls are put in."""
+    seen = []
+
+    async def ring(call):
+        seen.append(call)
+        await call.ring()
+        await call.ended.wait()
+
+    callee.on_invite = ring
+    return seen
+
+
 def callee_uri(callee: UserAgent, transport: str = "") -> str:
     suffix = f";transport={transport}" if transport else ""
     return f"sip:ivr@127.0.0.1:{callee.port}{suffix}"
@@ -91,14 +104,7 @@ async def test_failure_responses_are_data_not_exceptions(pair, status, reason):
 async def test_no_answer_sends_cancel_and_the_487_is_acked(pair):
     """Ringing past no_answer_timeout sends CANCEL; the caller gets 487 and the callee sees the cancel."""
     caller, callee = pair
-    seen = []
-
-    async def ring_forever(call):
-        seen.append(call)
-        await call.ring()
-        await call.ended.wait()
-
-    callee.on_invite = ring_forever
+    seen = ring_forever(callee)
     call = await caller.dial(callee_uri(callee), no_answer_timeout=0.4)
     assert (call.status, call.cancelled) == (487, True)
     assert call.end_reason == "cancelled: 487 Request Terminated"
@@ -110,14 +116,7 @@ async def test_no_answer_sends_cancel_and_the_487_is_acked(pair):
 async def test_cancelling_the_dial_task_cancels_the_call(pair):
     """A caller task cancelled while ringing sends CANCEL; the far end stops ringing."""
     caller, callee = pair
-    seen = []
-
-    async def ring_forever(call):
-        seen.append(call)
-        await call.ring()
-        await call.ended.wait()
-
-    callee.on_invite = ring_forever
+    seen = ring_forever(callee)
     dialling = asyncio.ensure_future(caller.dial(callee_uri(callee)))
     while not seen or not seen[0].progress and not seen[0]._server.last:
         await asyncio.sleep(0.01)

@@ -24,12 +24,9 @@ given work folder (the test's tmp_path), so a failing test can show it.
     with Kamailio(tmp_path, forward_to=b.address, user="alice", password="secret") as k:
         k.uri                    # "sip:127.0.0.1:PORT": INVITEs need digest auth (407), then go to b
 
-Or through the `voice_peers` fixture, which stops every peer at teardown (a missing
-binary skips the test with the package to install), as tests/test_voice_peers.py does:
-
-    pytest.register_assert_rewrite("voice_peers")   # before importing it: no "already imported" warning
-    from voice_peers import SippUas, ...             # noqa: E402
-    pytest_plugins = ["voice_peers"]                 # the fixture
+Or through the `voice_peers` fixture (tests/conftest.py loads this module as a
+plugin), which stops every peer at teardown; a missing binary skips the test
+with the package to install:
 
     def test_x(voice_peers):
         uas = voice_peers.sipp_uas("uas_busy.xml")

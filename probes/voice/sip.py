@@ -86,6 +86,14 @@ def _synthetic(status: int, reason: str) -> Response:
     return Response(status, reason)
 
 
+def _answer_challenge(response: Response, credentials: Credentials, method: str, uri: str) -> tuple[str, str, bool]:
+    """The header answering a 401/407 (name, value) and whether the server called our nonce stale."""
+    proxy = response.code == 407
+    challenge = choose(response.headers.getlist("Proxy-Authenticate" if proxy else "WWW-Authenticate"))
+    stale = challenge.parameters.get("stale", "").lower() == "true"
+    return ("Proxy-Authorization" if proxy else "Authorization"), authorization(challenge, credentials, method, uri), stale
+
+
 # --------------------------------------------------------------------------- transactions
 
 
@@ -670,15 +678,12 @@ class UserAgent:
             await txn.start()
             response = await self._await_final(call, txn, deadline)
             if response.code in (401, 407) and call._auth is not None and attempt < 2 and not call.cancelled:
-                challenge_header = "WWW-Authenticate" if response.code == 401 else "Proxy-Authenticate"
-                answer_header = "Authorization" if response.code == 401 else "Proxy-Authorization"
                 try:
-                    challenge = choose(response.headers.getlist(challenge_header))
-                    stale = challenge.parameters.get("stale", "").lower() == "true"
+                    name, value, stale = _answer_challenge(response, call._auth, "INVITE", str(target))
                     if auth_headers and not stale:
                         return response  # our credentials were refused
-                    auth_headers = {answer_header: authorization(challenge, call._auth, "INVITE", str(target))}
-                    call._auth_header = (answer_header, auth_headers[answer_header])
+                    auth_headers = {name: value}
+                    call._auth_header = (name, value)
                 except AuthError as e:
                     call.reason_detail = str(e)
                     return response
@@ -819,11 +824,9 @@ class UserAgent:
             await txn.start()
             response = await txn.final
             if response.code in (401, 407) and call._auth is not None and not headers:
-                challenge_header = "WWW-Authenticate" if response.code == 401 else "Proxy-Authenticate"
-                answer_header = "Authorization" if response.code == 401 else "Proxy-Authorization"
                 try:
-                    challenge = choose(response.headers.getlist(challenge_header))
-                    headers = {answer_header: authorization(challenge, call._auth, method, str(dialog.remote_target))}
+                    name, value, _ = _answer_challenge(response, call._auth, method, str(dialog.remote_target))
+                    headers = {name: value}
                 except AuthError:
                     return response
                 continue
@@ -871,11 +874,9 @@ class UserAgent:
                 await txn.start()
                 response = await txn.final
                 if response.code in (401, 407) and auth is not None and len(headers) == 1:
-                    challenge_header = "WWW-Authenticate" if response.code == 401 else "Proxy-Authenticate"
-                    answer_header = "Authorization" if response.code == 401 else "Proxy-Authorization"
                     try:
-                        challenge = choose(response.headers.getlist(challenge_header))
-                        headers[answer_header] = authorization(challenge, auth, "REGISTER", str(registrar_uri))
+                        name, value, _ = _answer_challenge(response, auth, "REGISTER", str(registrar_uri))
+                        headers[name] = value
                     except AuthError:
                         return response
                     continue
