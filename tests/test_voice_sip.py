@@ -303,10 +303,11 @@ def _answer_invite_then_go_silent(data: bytes, port: int) -> list[bytes]:
 
 
 async def test_peer_that_stops_answering_mid_call_ends_the_hangup_at_timer_f():
-    """A far end that answered and then goes silent: our BYE gives up after 64*T1 with a clear reason."""
+    """A far end that answered and then goes silent: our BYE gives up after 64*T1 with a clear reason, nothing leaks."""
     ports = []
     transport, peer, port = await raw_peer(lambda data: _answer_invite_then_go_silent(data, ports[0]))
     ports.append(port)
+    fds, tasks = open_fds(), len(asyncio.all_tasks())
     try:
         async with UserAgent(timers=FAST) as ua:
             call = await ua.dial(f"sip:x@127.0.0.1:{port}")
@@ -318,6 +319,8 @@ async def test_peer_that_stops_answering_mid_call_ends_the_hangup_at_timer_f():
             assert sum(d.startswith(b"BYE") for d in peer.received) >= 5
     finally:
         transport.close()
+    await asyncio.sleep(0.05)
+    assert open_fds() <= fds and len(asyncio.all_tasks()) <= tasks
 
 
 async def test_lost_packets_are_counted_and_the_recording_keeps_its_timeline(pair):

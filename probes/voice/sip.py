@@ -107,7 +107,6 @@ class _ClientTransaction:
         self.final: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.proceeding = False
         self._ack_bytes: bytes | None = None
-        self._task: asyncio.Task | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -119,9 +118,10 @@ class _ClientTransaction:
             await self.ua._send(self.data, self.peer)
         except OSError as e:
             # RFC 3261 §8.1.3.1: a transport error is a 503 from the transaction.
+            self.ua._client.pop(self.key, None)
             self.settle(_synthetic(503, f"Service Unavailable (transport error: {e.strerror or e})"))
             return
-        self._task = asyncio.get_running_loop().create_task(self._timers())
+        self.ua._spawn(self._timers())
 
     async def _timers(self) -> None:
         timers = self.ua.timers
@@ -169,12 +169,9 @@ class _ClientTransaction:
         self.settle(response)
 
     def settle(self, response: Response) -> None:
+        """The final response: received, or made up when we give up (retransmissions then stop)."""
         if not self.final.done():
             self.final.set_result(response)
-
-    def stop(self, response: Response) -> None:
-        """The caller gives up (no provisional before its timer): settle locally, retransmit no more."""
-        self.settle(response)
 
 
 class _ServerInvite:
@@ -194,7 +191,7 @@ class _ServerInvite:
         if final:
             self.final_sent = True
             if self.peer.transport == "UDP":
-                asyncio.get_running_loop().create_task(self._retransmit(data))
+                self.ua._spawn(self._retransmit(data))
             else:
                 self.acked.set()
 
@@ -576,7 +573,7 @@ class UserAgent:
         self._garbage: dict[tuple[str, int], tuple[int, str]] = {}
         self.garbage_received = 0
         self.on_invite: Callable[[Call], Awaitable[None]] | None = None
-        self._handlers: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # transaction timers, retransmissions, incoming-call handlers
         self._cseq = itertools.count(secrets.randbelow(10_000) + 1)
 
     @property
@@ -607,12 +604,10 @@ class UserAgent:
         for registration in self._registrations:
             if registration._refresh is not None:
                 registration._refresh.cancel()
-        for task in list(self._handlers):
-            task.cancel()
         for txn in list(self._client.values()):
-            if txn._task is not None:
-                txn._task.cancel()
             txn.settle(_synthetic(503, "Service Unavailable (user agent closed)"))
+        for task in list(self._tasks):
+            task.cancel()
         await self._transport.aclose()
 
     # -- placing calls
@@ -706,7 +701,7 @@ class UserAgent:
         call.cancelled = True
         if not txn.proceeding:
             # §9.1: no CANCEL before a provisional; with none, the far end never saw us ringing.
-            txn.stop(_synthetic(408, "Request Timeout (no response before the no-answer timeout)"))
+            txn.settle(_synthetic(408, "Request Timeout (no response before the no-answer timeout)"))
             return txn.final.result()
         info = call._invite
         data = self._request(
@@ -718,7 +713,7 @@ class UserAgent:
         await cancel_txn.start()
         done, _ = await asyncio.wait([txn.final], timeout=self.timers.b)
         if not done:
-            txn.stop(_synthetic(408, "Request Timeout (no final response after CANCEL)"))
+            txn.settle(_synthetic(408, "Request Timeout (no final response after CANCEL)"))
         return txn.final.result()
 
     async def _abandon(self, call: Call) -> None:
@@ -1001,6 +996,12 @@ class UserAgent:
             return self._peer_for_uri(first, default)
         return self._peer_for_uri(target, default)
 
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     async def _send(self, data: bytes, peer: Peer) -> None:
         await self._transport.send(data, peer)
 
@@ -1181,9 +1182,7 @@ class UserAgent:
             call._respond_invite(480, "Temporarily Unavailable")
             call._end("no handler for incoming calls")
             return
-        task = asyncio.get_running_loop().create_task(self._handle(call))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+        self._spawn(self._handle(call))
 
     async def _handle(self, call: Call) -> None:
         try:
