@@ -185,6 +185,81 @@ def sandbox(
 
 
 @app.command()
+def call(
+    uri: Annotated[str, typer.Argument(help="Who to call, e.g. sip:ivr@127.0.0.1:5080 (;transport=tcp for TCP).")],
+    auth: Annotated[Optional[str], typer.Option(help="Digest credentials USER:PASSWORD for 401/407 challenges.")] = None,
+    dtmf: Annotated[str, typer.Option(help="Digits to send once answered (after --after seconds).")] = "",
+    dtmf_method: Annotated[str, typer.Option(help="rfc4733, info or inband.")] = "rfc4733",
+    after: Annotated[float, typer.Option(help="Seconds to listen before sending the digits.")] = 1.0,
+    hold: Annotated[float, typer.Option(help="Seconds to stay on the call after the digits.")] = 5.0,
+    no_answer_timeout: Annotated[float, typer.Option(help="Seconds of ringing before CANCEL.")] = 30.0,
+    expect: Annotated[int, typer.Option(help="The final status that counts as success (exit 0).")] = 200,
+    record: Annotated[Optional[Path], typer.Option(help="Write what the far end sent to this WAV (8 kHz).")] = None,
+    trace: Annotated[Optional[Path], typer.Option(help="Write the call's SIP messages to this file.")] = None,
+    local_host: Annotated[str, typer.Option(help="Our address for SIP and RTP.")] = "127.0.0.1",
+) -> None:
+    """Place one test call and report it: status, post-dial delay, answer time, codec, RTP loss and jitter."""
+    from probes.voice import Credentials, UserAgent
+    from probes.voice.dtmf import validate_digits
+
+    try:
+        validate_digits(dtmf)
+        if dtmf_method not in ("rfc4733", "info", "inband"):
+            raise ValueError(f"unknown DTMF method {dtmf_method!r}: rfc4733, info or inband")
+    except ValueError as e:
+        console.print(f"[red]error:[/] {escape(str(e))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    credentials = None
+    if auth is not None:
+        user, _, password = auth.partition(":")
+        credentials = Credentials(user, password)
+
+    async def place():
+        async with UserAgent(local_host) as ua:
+            placed = await ua.dial(uri, auth=credentials, no_answer_timeout=no_answer_timeout)
+            if placed.answered:
+                with console.status(f"on the call to {uri}..."):
+                    ended = asyncio.ensure_future(placed.ended.wait())
+                    await asyncio.wait([ended], timeout=after)
+                    if dtmf and not placed.is_over:
+                        await placed.send_dtmf(dtmf, method=dtmf_method)
+                    await asyncio.wait([ended], timeout=hold)
+                    ended.cancel()
+                    await placed.hangup()
+            return placed
+
+    try:
+        placed = asyncio.run(place())
+    except ValueError as e:  # a malformed URI
+        console.print(f"[red]error:[/] {escape(str(e))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    table = Table(show_header=False, box=None)
+    table.add_row("status", f"{placed.status} {escape(placed.reason)}")
+    table.add_row("responses", "  ".join(f"{p.status} at {p.at * 1000:.0f} ms" for p in placed.progress))
+    if placed.pdd is not None:
+        table.add_row("post-dial delay", f"{placed.pdd * 1000:.0f} ms")
+    if placed.answered:
+        media, stats = placed.negotiated, placed.media.stats
+        table.add_row("answered after", f"{placed.time_to_answer * 1000:.0f} ms")
+        table.add_row("codec", f"{media.codec.name}, telephone-event {media.dtmf_payload_type or 'not offered'}")
+        table.add_row("RTP received", f"{stats.received} packets, lost {stats.lost} ({stats.loss_fraction:.1%}), jitter {stats.jitter_ms:.1f} ms")
+        table.add_row("audio heard", f"{placed.media.recording.duration:.1f} s")
+    if placed.digits_received:
+        table.add_row("digits received", placed.digits_received)
+    table.add_row("ended", escape(placed.end_reason))
+    out.print(table)
+    if record is not None and placed.media is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        placed.media.recording.write_wav(record)
+        console.print(f"recording: {record}")
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        trace.write_text(placed.trace_text())
+        console.print(f"SIP trace: {trace}")
+    raise typer.Exit(EXIT_OK if placed.status == expect else EXIT_FAILED)
+
+
+@app.command()
 def status(
     paths: Paths = None,
     store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,

@@ -351,3 +351,11 @@ async def test_lost_packets_are_counted_and_the_recording_keeps_its_timeline(pai
     recording = call.media.recording
     assert abs(len(recording.pcm()) / 16000 - recording.duration) < 0.05
     await call.hangup()
+
+
+@pytest.mark.parametrize("uri", ["nonsense", "http://127.0.0.1/", "sip:"])
+async def test_a_malformed_uri_says_what_a_sip_uri_looks_like(uri):
+    """dial() with something that is not a sip: URI raises ValueError showing the expected form."""
+    async with UserAgent(timers=FAST) as ua:
+        with pytest.raises(ValueError, match=r"not a SIP URI: .* \(expected sip:user@host"):
+            await ua.dial(uri)

@@ -86,6 +86,17 @@ def _synthetic(status: int, reason: str) -> Response:
     return Response(status, reason)
 
 
+def sip_uri(text: str) -> URI:
+    """Parse a sip:/sips: URI, or say what a valid one looks like."""
+    try:
+        uri = URI.parse(text)
+    except ValueError:
+        uri = None
+    if uri is None or uri.scheme not in ("sip", "sips") or not uri.host:
+        raise ValueError(f"not a SIP URI: {text!r} (expected sip:user@host[:port][;transport=tcp])")
+    return uri
+
+
 def _answer_challenge(response: Response, credentials: Credentials, method: str, uri: str) -> tuple[str, str, bool]:
     """The header answering a 401/407 (name, value) and whether the server called our nonce stale."""
     proxy = response.code == 407
@@ -633,9 +644,9 @@ class UserAgent:
         call._codecs = sdp.codecs_named(codecs)
         call._auth = auth
         call._cancel_requested = asyncio.Event()
-        target = URI.parse(uri)
+        target = sip_uri(uri)
         call.dialled_user = target.user or ""
-        first_hop = self._peer_for_uri(URI.parse(proxy) if proxy else target, None)
+        first_hop = self._peer_for_uri(sip_uri(proxy) if proxy else target, None)
         from_addr = self._local_address(from_user, display_name)
         self._calls[(call.call_id, call.local_tag)] = call
         await call._open_media()
@@ -835,8 +846,8 @@ class UserAgent:
 
     async def options(self, uri: str, *, proxy: str | None = None) -> tuple[Response, float]:
         """Ping `uri` with OPTIONS; the response (408 when nothing answers) and the round trip in seconds."""
-        target = URI.parse(uri)
-        peer = self._peer_for_uri(URI.parse(proxy) if proxy else target, None)
+        target = sip_uri(uri)
+        peer = self._peer_for_uri(sip_uri(proxy) if proxy else target, None)
         started = time.monotonic()
         branch = _branch()
         data = self._request(
@@ -851,7 +862,7 @@ class UserAgent:
     async def register(self, registrar: str, *, user: str | None = None, auth: Credentials | None = None, expires: int = 300) -> Registration:
         """Register our contact for `user` at `registrar`; refreshed at 80% of the granted time until unregistered."""
         user = user or self.user
-        registrar_uri = URI.parse(registrar)
+        registrar_uri = sip_uri(registrar)
         peer = self._peer_for_uri(registrar_uri, None)
         aor = f"<sip:{user}@{registrar_uri.host}>"
         call_id, tag = secrets.token_hex(12), _tag()
