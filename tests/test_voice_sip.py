@@ -359,3 +359,28 @@ async def test_a_malformed_uri_says_what_a_sip_uri_looks_like(uri):
     async with UserAgent(timers=FAST) as ua:
         with pytest.raises(ValueError, match=r"not a SIP URI: .* \(expected sip:user@host"):
             await ua.dial(uri)
+
+
+def _ring_and_ignore_the_rest(data: bytes) -> list[bytes]:
+    if not data.startswith(b"INVITE"):
+        return []  # CANCEL and everything after: never answered
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    keep = [line for line in head.split("\r\n")[1:] if line.split(":")[0] in ("Via", "From", "To", "Call-ID", "CSeq")]
+    return [("\r\n".join(["SIP/2.0 180 Ringing", *keep, "Content-Length: 0"]) + "\r\n\r\n").encode()]
+
+
+async def test_a_cancel_nobody_answers_ends_as_408_at_timer_b():
+    """Ringing, then our CANCEL is ignored: the call still ends (408 after 64*T1), cancelled, and nothing leaks."""
+    transport, peer, port = await raw_peer(_ring_and_ignore_the_rest)
+    fds, tasks = open_fds(), len(asyncio.all_tasks())
+    try:
+        async with UserAgent(timers=FAST) as ua:
+            started = asyncio.get_running_loop().time()
+            call = await asyncio.wait_for(ua.dial(f"sip:x@127.0.0.1:{port}", no_answer_timeout=0.3), 10)
+            assert 3.0 < asyncio.get_running_loop().time() - started < 5.0
+            assert (call.status, call.cancelled) == (408, True) and "after CANCEL" in call.reason
+            assert sum(d.startswith(b"CANCEL") for d in peer.received) >= 5, "CANCEL was not retransmitted"
+    finally:
+        transport.close()
+    await asyncio.sleep(0.05)
+    assert open_fds() <= fds and len(asyncio.all_tasks()) <= tasks
