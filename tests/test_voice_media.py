@@ -644,3 +644,19 @@ async def exchange_at_scale(open_stream: Callable[[], Awaitable[RtpStream]], pai
 async def test_200_stream_pairs_receive_99_percent(open_stream: Callable[[], Awaitable[RtpStream]]) -> None:
     """400 streams in one process (200 calls' worth both ways) for 2 s: at least 99% of the packets sent are received."""
     await exchange_at_scale(open_stream, 200, 2.0)
+
+
+def test_reading_a_short_window_of_a_long_recording_does_not_walk_the_whole_call():
+    """Ten minutes of packets: 1,000 reads of the latest 100 ms take well under a second and match a full read."""
+    recording = Recording()
+    pcm = tone(440, 600.0)
+    encoded = PCMU.encode(pcm)
+    start = 1000.0
+    for n in range(len(encoded) // 160):
+        recording.add(n * 160, start + n * 0.02, encoded[n * 160 : (n + 1) * 160], PCMU)
+    end = start + recording.duration
+    began = time.perf_counter()
+    for _ in range(1000):
+        window = recording.pcm(start=end - 0.1, end=end)
+    assert time.perf_counter() - began < 1.0
+    assert window == recording.pcm()[-1600:]

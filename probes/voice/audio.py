@@ -6,6 +6,7 @@ received in 20 ms frames of 160 samples.
 
 from __future__ import annotations
 
+import bisect
 import wave
 import warnings
 from pathlib import Path
@@ -95,6 +96,9 @@ class Recording:
     def __init__(self) -> None:
         self.started_at: float | None = None  # time.monotonic() at sample 0
         self._packets: list[tuple[int, bytes, Callable[[bytes], bytes]]] = []
+        # _reach[i]: the furthest sample any of the first i+1 packets covers; never decreases,
+        # so pcm() finds where a window starts by bisection instead of walking the whole call.
+        self._reach: list[int] = []
         self._last_timestamp = 0
         self._last_arrival = 0.0
         self._last_position = 0
@@ -122,6 +126,7 @@ class Recording:
         end = position + len(payload)
         if end > self._end:
             self._end = end
+        self._reach.append(self._end)
 
     @property
     def duration(self) -> float:
@@ -138,7 +143,10 @@ class Recording:
         first = self._sample_at(start, 0)
         last = max(first, self._sample_at(end, self._end))
         heard = bytearray(2 * (last - first))
-        for position, payload, decode in self._packets:
+        for index in range(bisect.bisect_right(self._reach, first), len(self._packets)):
+            position, payload, decode = self._packets[index]
+            if position >= last + SAMPLE_RATE:
+                break  # packets arrive in order, give or take reordering well under a second
             lo = max(position, first)
             hi = min(position + len(payload), last)
             if lo < hi:
