@@ -13,6 +13,7 @@ from typing import Any
 
 BUILT_IN = {
     "http": "probes.http:HttpProbe",
+    "ivr": "probes.ivr:IvrProbe",
 }
 
 

