@@ -462,8 +462,9 @@ class IvrSession:
             now = time.monotonic()
             if recording.started_at is not None:
                 heard_until = recording.started_at + recording.duration
-                # No packets for a while (RTP stopped) is silence too, or a prompt would never end.
-                available = max(heard_until, now - 0.1)
+                # No packets for a while (RTP stopped, silence suppression) is silence too, or a prompt
+                # would never end; a shorter gap may be packets that are merely late, so wait for them.
+                available = max(heard_until, now - self.target.end_silence - 0.5)
                 if available > fed_until:
                     if origin is None:
                         origin = max(begin, recording.started_at)

@@ -533,3 +533,82 @@ class IvrThread:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class IvrProcess:
+    """The sandbox IVR in a child process: for a caller that recognises speech in its own
+    process (`cxtest demo`), where an IVR thread would share the GIL with speech-to-text and
+    its 20 ms media clock would stall. `uri()` and `stop()` as IvrThread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.host, self.requested_port = host, port
+        self.port = 0
+        self._process: subprocess.Popen[str] | None = None
+
+    def uri(self, user: str = "ivr") -> str:
+        return f"sip:{user}@{self.host}:{self.port}"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> IvrProcess:
+        import sys
+
+        synthesise_prompts(IvrMenu.load(), default_cache_dir())  # here, so a missing flite is raised as itself
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "cxtest.sandbox.ivr", self.host, str(self.requested_port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        ready = threading.Event()
+        lines: list[str] = []
+
+        def read() -> None:
+            assert self._process is not None and self._process.stdout is not None
+            for line in self._process.stdout:
+                lines.append(line.rstrip())
+                if line.startswith("ready "):
+                    self.port = int(line.split()[1])
+                    ready.set()
+            ready.set()  # the child ended
+
+        threading.Thread(target=read, name="cxtest-ivr-output", daemon=True).start()
+        if not ready.wait(timeout) or not self.port:
+            self.stop()
+            raise IvrError(f"sandbox IVR process did not start within {timeout:g}s: {' / '.join(lines[-5:])}")
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> IvrProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+async def _serve_forever(host: str, port: int) -> None:
+    import signal
+
+    ivr = SandboxIvr(host=host, port=port)
+    await ivr.start()
+    print(f"ready {ivr.port}", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await ivr.aclose()
+
+
+if __name__ == "__main__":  # IvrProcess's child: python -m cxtest.sandbox.ivr HOST PORT
+    import sys
+
+    asyncio.run(_serve_forever(sys.argv[1], int(sys.argv[2])))
