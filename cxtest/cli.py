@@ -142,6 +142,45 @@ def run(
 
 
 @app.command()
+def baseline(
+    paths: Paths = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="Only scenarios with this tag (repeatable).")] = None,
+) -> None:
+    """Run the IVR scenarios and record each prompt heard (words and an audio fingerprint) as its baseline.
+
+    Baselines go to baselines/<scenario>.json beside each scenario file; commit them. Later
+    runs report a prompt that no longer sounds or reads like its baseline as degraded, with
+    the word diff. Only prompts that matched their expected words are recorded.
+    """
+    from probes.ivr import baseline_path
+
+    project, scenarios = _load(paths, tag)
+    scenarios = [s for s in scenarios if s.channel == "ivr"]
+    if not scenarios:
+        console.print("no IVR scenario to record a baseline from", style="red")
+        raise typer.Exit(EXIT_USAGE)
+    results = execute(project, scenarios, store=None)
+    table = Table("scenario", "prompts recorded", "baseline file")
+    for scenario, result in zip(scenarios, results):
+        transcript = next((a for a in result.artifacts if a.label == "transcript.json"), None)
+        heard = json.loads(Path(transcript.path).read_text()) if transcript else []
+        prompts = {
+            str(p["step"]): {"heard": p["heard"], "fingerprint": p["fingerprint"], "duration": p["duration"]}
+            for p in heard
+            if p["matched"]
+        }
+        if not prompts:
+            table.add_row(escape(scenario.name), f"[red]none[/] ({result.outcome.value})", "")
+            continue
+        path = baseline_path(scenario.source.file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(prompts, indent=2) + "\n")
+        table.add_row(escape(scenario.name), str(len(prompts)), str(path))
+    out.print(table)
+    raise typer.Exit(exit_code(results))
+
+
+@app.command()
 def demo(
     broken: Annotated[bool, typer.Option("--break", help="Break the sandbox so one scenario fails with evidence.")] = False,
     paths: Paths = None,

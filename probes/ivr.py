@@ -36,6 +36,15 @@ if TYPE_CHECKING:  # the voice engine loads only when an IVR scenario runs
     from probes.voice import Call, UserAgent
 
 POLL_S = 0.1  # how often a listening step looks at newly received audio
+# A prompt differs from its baseline below these: its words (after speech-to-text) or its sound.
+BASELINE_TEXT_SIMILARITY = 0.9
+BASELINE_AUDIO_SIMILARITY = 0.75
+
+
+def baseline_path(scenario_file: str | Path) -> Path:
+    """Where `cxtest baseline` keeps a scenario's prompts: baselines/<scenario file stem>.json beside it."""
+    path = Path(scenario_file)
+    return path.parent / "baselines" / f"{path.stem}.json"
 
 
 class IvrAuth(Frozen):
@@ -193,6 +202,7 @@ class IvrSession:
         self.call: Call | None = None
         self.cursor = 0.0  # monotonic time from which the next prompt is looked for
         self.prompts: list[dict[str, Any]] = []  # what each expect_prompt heard, for the transcript artifact
+        self.baseline = self._load_baseline()
 
     async def step(self, index: int, step: Step, timeout: float) -> Observation:
         measures: dict[str, float] = {}
@@ -395,6 +405,9 @@ class IvrSession:
         if step.optional and not matched:
             text = f"optional prompt not heard: {text}"
         checks = [CheckResult("prompt", outcome, wording, transcript.text, text)]
+        fingerprint = analysis.fingerprint(pcm)
+        if matched:
+            checks += self._against_baseline(index, transcript.text, fingerprint)
         if step.latency is not None:
             checks.append(judge_levels("prompt_latency", measures["prompt_latency"], step.latency))
         if step.duration is not None:
@@ -405,9 +418,11 @@ class IvrSession:
                 "step": index + 1,
                 "expected": step.wordings,
                 "heard": transcript.text,
+                "matched": matched,
                 "similarity": round(score, 3),
                 "confidence": round(transcript.confidence, 3),
                 "engine": transcript.engine,
+                "fingerprint": fingerprint,
                 "at": round(recording.offset(started), 3),
                 "duration": round(ended - started, 3),
                 "words": [
@@ -490,6 +505,35 @@ class IvrSession:
                     if so_far and max(speech.contains_similarity(w, so_far) for w in step.wordings) >= step.min_confidence:
                         return started, transcriber.done_until, False
             await asyncio.sleep(POLL_S)
+
+    # -- baselines
+
+    def _load_baseline(self) -> dict[str, Any]:
+        path = baseline_path(self.scenario.source.file)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise ProbeError(f"cannot read the prompt baseline {path}: {e}") from None
+
+    def _against_baseline(self, index: int, heard: str, fingerprint: str) -> list[CheckResult]:
+        """A prompt that changed since `cxtest baseline` recorded it: degraded, with what changed."""
+        from probes.voice import analysis, speech
+
+        known = self.baseline.get(str(index + 1))
+        if known is None:
+            return []
+        text_score = speech.similarity(known["heard"], heard)
+        audio_score = analysis.audio_similarity(known["fingerprint"], fingerprint) if known.get("fingerprint") else 1.0
+        if text_score >= BASELINE_TEXT_SIMILARITY and audio_score >= BASELINE_AUDIO_SIMILARITY:
+            text = f"same as the baseline (words {text_score:.2f}, audio {audio_score:.2f})"
+            return [CheckResult("baseline", Outcome.passed, known["heard"], heard, text)]
+        text = (
+            f"prompt changed since the baseline (words {text_score:.2f}, audio {audio_score:.2f}): "
+            f"{speech.word_diff(known['heard'], heard)}"
+        )
+        return [CheckResult("baseline", Outcome.degraded, known["heard"], heard, text)]
 
     # -- evidence
 

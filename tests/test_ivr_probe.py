@@ -389,3 +389,46 @@ async def test_busy_ivr_fails_the_first_step(load, run, tmp_path):
         )
         result = await run(scenario)
     assert result.outcome is Outcome.failed and "not answered: 486 Busy Here" in result.steps[0].message
+
+
+async def test_baseline_records_prompts_and_flags_a_changed_one(tmp_path, project, run):
+    """`cxtest baseline` records the prompt; the same prompt later passes, a reworded one is degraded with the diff."""
+    import sys
+
+    wording = {"now": "Welcome to Acme Bank. For billing, press 1."}
+
+    async def speak(call):
+        await call.play(prompt(wording["now"]))
+        await call.ended.wait()
+
+    async with scripted(speak) as uri:
+        path = tmp_path / "welcome.yaml"
+        path.write_text(
+            textwrap.dedent(
+                f"""
+                name: welcome
+                channel: ivr
+                target: {{ uri: "{uri}" }}
+                step_timeout: 15s
+                steps:
+                  - expect_prompt: "Welcome to Acme Bank"
+                """
+            )
+        )
+        cli = Path(sys.executable).parent / "cxtest"
+        process = await asyncio.create_subprocess_exec(
+            str(cli), "baseline", str(path), cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+        assert process.returncode == 0, output
+        recorded = json.loads((tmp_path / "baselines" / "welcome.json").read_text())
+        assert list(recorded) == ["1"] and "acme" in recorded["1"]["heard"].lower() and recorded["1"]["fingerprint"]
+
+        same = await run(load_scenario(path, project))
+        assert same.outcome is Outcome.passed, step_messages(same)
+        assert "same as the baseline" in same.steps[0].checks[-1].text
+
+        wording["now"] = "Welcome to Acme Bank. For billing and payments, press 9."
+        changed = await run(load_scenario(path, project))
+    assert changed.outcome is Outcome.degraded, step_messages(changed)
+    assert "prompt changed since the baseline" in changed.steps[0].message and "{+" in changed.steps[0].message
