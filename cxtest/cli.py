@@ -162,8 +162,8 @@ def baseline(
     results = execute(project, scenarios, store=None)
     table = Table("scenario", "prompts recorded", "baseline file")
     for scenario, result in zip(scenarios, results):
-        transcript = next((a for a in result.artifacts if a.label == "transcript.json"), None)
-        heard = json.loads(Path(transcript.path).read_text()) if transcript else []
+        timeline = next((a for a in result.artifacts if a.label == "call.json"), None)
+        heard = json.loads(Path(timeline.path).read_text())["prompts"] if timeline else []
         prompts = {
             str(p["step"]): {"heard": p["heard"], "fingerprint": p["fingerprint"], "duration": p["duration"]}
             for p in heard

@@ -201,7 +201,8 @@ class IvrSession:
         self.target: IvrTarget = scenario.target
         self.call: Call | None = None
         self.cursor = 0.0  # monotonic time from which the next prompt is looked for
-        self.prompts: list[dict[str, Any]] = []  # what each expect_prompt heard, for the transcript artifact
+        self.prompts: list[dict[str, Any]] = []  # what each expect_prompt heard, for call.json
+        self.inputs: list[dict[str, Any]] = []  # what we sent and when, for call.json
         self.baseline = self._load_baseline()
 
     async def step(self, index: int, step: Step, timeout: float) -> Observation:
@@ -287,21 +288,23 @@ class IvrSession:
         from probes.voice import CallEnded
 
         method = step.method or self.target.dtmf_method
+        began = time.monotonic()
         try:
             await self.call.send_dtmf(step.send_dtmf, method=method, tone_ms=int(step.tone * 1000), gap_ms=int(step.gap * 1000))
         except CallEnded as e:
             raise StepFailed(str(e)) from None
         except ValueError as e:  # the far end offered no telephone-event
             raise ProbeError(str(e)) from None
-        self.cursor = time.monotonic()
+        self._sent(began, f"DTMF {step.send_dtmf}")
         return Observation(checks=(CheckResult("dtmf", Outcome.passed, step.send_dtmf, method, f"sent {step.send_dtmf} ({method})"),))
 
     async def _say(self, step: Say) -> Observation:
         from probes.voice.speech import synthesise
 
         pcm = await asyncio.to_thread(synthesise, step.say, step.voice or self.target.voice)
+        began = time.monotonic()
         await self._live(self.call.play(pcm))
-        self.cursor = time.monotonic()
+        self._sent(began, f"said {step.say!r}")
         return Observation(checks=(CheckResult("say", Outcome.passed, step.say, len(pcm) / 16000, f"said {step.say!r}"),))
 
     async def _play(self, step: Play) -> Observation:
@@ -314,9 +317,17 @@ class IvrSession:
             pcm = await asyncio.to_thread(read_wav, path)
         except ValueError as e:
             raise ProbeError(str(e)) from None
+        began = time.monotonic()
         await self._live(self.call.play(pcm))
-        self.cursor = time.monotonic()
+        self._sent(began, f"played {path.name}")
         return Observation(checks=(CheckResult("play", Outcome.passed, str(path), len(pcm) / 16000, f"played {path.name}"),))
+
+    def _sent(self, began: float, what: str) -> None:
+        """Our input is over: listening for the next prompt starts now; the timeline keeps when it began."""
+        self.cursor = time.monotonic()
+        recording = self.call.media.recording
+        if recording.started_at is not None:
+            self.inputs.append({"what": what, "at": round(recording.offset(began), 3), "until": round(recording.offset(self.cursor), 3)})
 
     # -- what the IVR does
 
@@ -546,7 +557,8 @@ class IvrSession:
         if call.media is not None:
             call.media.recording.write_wav(self.ctx.artifact_path("call.wav"))
         self.ctx.write_text("sip-trace.txt", call.trace_text())
-        self.ctx.write_text("transcript.json", json.dumps(self.prompts, indent=2))
+        timeline = {"prompts": self.prompts, "inputs": self.inputs, "end_reason": call.end_reason}
+        self.ctx.write_text("call.json", json.dumps(timeline, indent=2))
 
 
 def _short(text: str, limit: int = 120) -> str:

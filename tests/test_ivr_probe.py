@@ -118,9 +118,11 @@ async def test_right_path_through_the_sandbox_ivr(load, run, sandbox_ivr):
     assert welcome.measures["time_to_answer"] < 1 and welcome.measures["prompt_duration"] > 5
     assert hours.measures["prompt_latency"] < 1.5 and "heard 'We are open" in hours.checks[0].text, hours.checks[0].text
     kinds = {a.label: a.kind for a in result.artifacts}
-    assert kinds["call.wav"] == "recording" and "transcript.json" in kinds and "sip-trace.txt" in kinds
-    transcript = json.loads(Path(next(a.path for a in result.artifacts if a.label == "transcript.json")).read_text())
-    assert [p["step"] for p in transcript] == [1, 3] and transcript[1]["at"] > transcript[0]["at"]
+    assert kinds["call.wav"] == "recording" and "call.json" in kinds and "sip-trace.txt" in kinds
+    timeline = json.loads(Path(next(a.path for a in result.artifacts if a.label == "call.json")).read_text())
+    prompts, inputs = timeline["prompts"], timeline["inputs"]
+    assert [p["step"] for p in prompts] == [1, 3] and prompts[0]["at"] < inputs[0]["at"] < prompts[1]["at"]
+    assert inputs[0]["what"] == "DTMF 3" and timeline["end_reason"] == "remote bye"
 
 
 async def test_wrong_prompt_fails_with_expected_heard_and_diff(load, run):

@@ -217,6 +217,45 @@ def _timing_svg(rows: list[dict[str, Any]]) -> str:
     return svg[svg.index("<svg"):]
 
 
+def _call_timeline_svg(artifacts: Sequence[Artifact]) -> str:
+    """An IVR call on the recording's time axis: each prompt heard (green matched, red not) and each input we sent."""
+    found = next((a for a in artifacts if a.label == "call.json"), None)
+    if found is None:
+        return ""
+    try:
+        timeline = json.loads(Path(found.path).read_text())
+    except (OSError, ValueError):
+        return ""
+    prompts, inputs = timeline.get("prompts", []), timeline.get("inputs", [])
+    if not prompts and not inputs:
+        return ""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(_CHART_RC):
+        fig = Figure(figsize=(10, 1.9), layout="constrained")
+        ax = fig.add_subplot()
+        for p in prompts:
+            colour = COLOURS["passed"] if p.get("matched") else COLOURS["failed"]
+            ax.barh(1, p["duration"], left=p["at"], height=0.5, color=colour, edgecolor="white", linewidth=0.6)
+            ax.text(p["at"], 1.38, _short(f"{p['step']}: {p['heard']}", 60), fontsize=6.5, va="bottom")
+        for i in inputs:
+            ax.barh(0, max(i["until"] - i["at"], 0.05), left=i["at"], height=0.5, color="#f59e0b", linewidth=0)
+            ax.text(i["at"], -0.38, _short(i["what"], 30), fontsize=6.5, va="top")
+        ax.set_yticks([0, 1], ["we sent", "IVR said"])
+        ax.set_ylim(-0.9, 1.9)
+        ax.set_xlim(left=0)
+        ax.set_xlabel(f"seconds into the recording (call.wav){'; ' + timeline['end_reason'] if timeline.get('end_reason') else ''}")
+        ax.grid(axis="x", color="#e5e7eb", linewidth=0.6)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={k: None for k in ("Creator", "Date", "Format", "Type")})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
 # --------------------------------------------------------------------------- page
 
 
@@ -242,6 +281,7 @@ def render_html(results: Sequence[Result], title: str = "cxtest report", base_di
         if outcome_of(result.outcome) in PROBLEM_OUTCOMES:
             view["problem"] = True
             view["artifact_views"] = [_artifact_view(a, base_dir) for a in result.artifacts]
+            view["call_timeline_svg"] = _call_timeline_svg(result.artifacts)
             for step in view["steps"]:
                 step["evidence_views"] = []
                 for name, text in step["evidence"].items():
