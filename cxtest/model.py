@@ -52,6 +52,16 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def parse_limit(value: Any) -> float:
+    """A limit on a measure: a plain number of any sign (dBFS, a ratio, a count) or a duration ("250ms")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return parse_duration(value)
+
+
+Limit = Annotated[float, BeforeValidator(parse_limit)]
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -63,8 +73,8 @@ class Levels(Frozen):
     A bare value in `expect:` is the failed level; in `thresholds:` it is the degraded level.
     """
 
-    degraded: Duration | None = None
-    failed: Duration | None = None
+    degraded: Limit | None = None
+    failed: Limit | None = None
 
 
 def _levels(bare_means: str):

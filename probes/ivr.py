@@ -201,6 +201,7 @@ class IvrSession:
         self.target: IvrTarget = scenario.target
         self.call: Call | None = None
         self.cursor = 0.0  # monotonic time from which the next prompt is looked for
+        self.interrupted = False  # we answered over a prompt (barge-in): its tail may still be playing
         self.prompts: list[dict[str, Any]] = []  # what each expect_prompt heard, for call.json
         self.inputs: list[dict[str, Any]] = []  # what we sent and when, for call.json
         self.baseline = self._load_baseline()
@@ -444,8 +445,24 @@ class IvrSession:
         )
         if matched or not step.optional:
             self.cursor = time.monotonic() if step.barge_in else ended
+            self.interrupted = step.barge_in
         evidence = {} if matched else {"expected": " | ".join(step.wordings), "heard": transcript.text}
         return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
+
+    async def _after_the_tail(self, since: float, limit: float = 2.0) -> float:
+        """The end of the first pause after `since` (the interrupted prompt stopping), or `since` if none comes in `limit` s."""
+        from probes.voice import analysis
+
+        recording = self.call.media.recording
+        while time.monotonic() - since < limit and not self.call.is_over:
+            await asyncio.sleep(POLL_S)
+            pcm = recording.pcm(start=since)
+            for gap_start, gap_end in analysis.silences(pcm, 150):
+                if gap_start > 0:  # speech was still going at `since`; it has now stopped
+                    return since + gap_start
+                if gap_end > 0.15:
+                    return since  # nothing was playing when we answered
+        return since
 
     def _not_heard(self, step: ExpectPrompt, begin: float) -> Observation:
         call = self.call
@@ -479,6 +496,10 @@ class IvrSession:
         call = self.call
         recording = call.media.recording
         listener = analysis.PromptListener(end_silence_ms=int(self.target.end_silence * 1000))
+        if self.interrupted:
+            # The prompt we answered over plays on until the IVR acts on our input: its tail is not the next prompt.
+            self.cursor = await self._after_the_tail(self.cursor)
+            self.interrupted = False
         begin = self.cursor
         origin: float | None = None  # monotonic time of the first sample fed to the listener
         fed_until = begin
