@@ -22,6 +22,7 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, ClassVar, Literal, Union
 
@@ -373,7 +374,7 @@ class IvrSession:
 
         call = self.call
         begin = self.cursor
-        transcriber = _Transcriber(speech.stt_engine(self.target.stt), call.media.recording)
+        transcriber = _Transcriber(speech.stt_engine(self.target.stt), call.media.recording, step.barge_in)
         try:
             heard = await self._listen(step, timeout, transcriber)
             if heard is None:
@@ -586,6 +587,18 @@ def _short(text: str, limit: int = 120) -> str:
     return "'" + (text if len(text) <= limit else text[: limit - 1] + "…") + "'"
 
 
+@dataclass
+class _Piece:
+    at: float  # monotonic time of the piece's first sample (its lead-in of silence included)
+    keep_from: float  # seconds into the piece where its own words start (before: context)
+    task: asyncio.Task
+
+    def words(self) -> list[Any]:
+        if self.task.cancelled():
+            return []
+        return [w for w in self.task.result().words if w.start >= self.keep_from - 0.05]
+
+
 class _Transcriber:
     """Transcribes a prompt sentence by sentence while it plays.
 
@@ -595,14 +608,19 @@ class _Transcriber:
     """
 
     # Synthetic and studio prompts pause only ~150-200 ms between sentences, ~100 ms between
-    # phrases: cut at a sentence pause after a second of speech, at a phrase pause after 2.5 s.
-    PAUSES = ((0.15, 1.0), (0.1, 2.5))  # (pause length s, speech before it s)
+    # phrases: cut at a sentence pause after `speech` seconds, at a phrase pause after 1.5 times that.
+    # Longer pieces are recognised better (in noise above all); barge-in wants the first words soon.
+    PIECE_S = 2.0
+    BARGE_IN_PIECE_S = 1.0
     PRE_ROLL_S = 0.25  # voice activity is detected a little after the first syllable starts
+    CONTEXT_S = 1.0  # a short last sentence ("press 3") is misheard without the words before it
     LEAD_IN = bytes(2 * 8000 * 3 // 10)  # 300 ms of silence before each piece: whisper hears onsets better
     EVERY_S = 0.3  # how often to look for a pause: the look costs ~20 µs per 20 ms of the piece
 
-    def __init__(self, engine: Any, recording: Any):
+    def __init__(self, engine: Any, recording: Any, barge_in: bool = False):
         self.engine, self.recording = engine, recording
+        speech = self.BARGE_IN_PIECE_S if barge_in else self.PIECE_S
+        self.pauses = ((0.15, speech), (0.1, 1.5 * speech))  # (pause length s, speech before it s)
         self.cut_at: float | None = None  # monotonic: where the next piece starts
         self.pieces: list[tuple[float, asyncio.Task]] = []
         self._looked_at = 0.0
@@ -621,15 +639,20 @@ class _Transcriber:
         for gap_start, gap_end in analysis.silences(pcm, 100):
             if gap_end >= length - 0.05:
                 break  # the pause is still going on
-            if any(gap_end - gap_start >= pause and gap_start >= speech for pause, speech in self.PAUSES):
+            if any(gap_end - gap_start >= pause and gap_start >= speech for pause, speech in self.pauses):
                 self._send(self.cut_at + (gap_start + gap_end) / 2)
                 break
 
     def _send(self, cut: float) -> None:
-        start = self.cut_at - (self.PRE_ROLL_S if not self.pieces else 0.0)
+        # Each later piece is heard with the second before it as context; the words in that
+        # second belong to the piece before and are dropped (by their timings) in finish().
+        context = self.PRE_ROLL_S if not self.pieces else self.CONTEXT_S
+        start = self.cut_at - context
         pcm = self.LEAD_IN + self.recording.pcm(start=start, end=cut)
         lead = len(self.LEAD_IN) / 16000
-        self.pieces.append((start - lead, asyncio.ensure_future(asyncio.to_thread(self.engine.transcribe, pcm))))
+        keep_from = lead + (0.0 if not self.pieces else context)
+        task = asyncio.ensure_future(asyncio.to_thread(self.engine.transcribe, pcm))
+        self.pieces.append(_Piece(start - lead, keep_from, task))
         self.cut_at = cut
 
     @property
@@ -637,7 +660,7 @@ class _Transcriber:
         return self.cut_at if self.cut_at is not None else time.monotonic()
 
     def text_so_far(self) -> str:
-        return " ".join(task.result().text for _, task in self.pieces if task.done() and not task.cancelled())
+        return " ".join(" ".join(w.text for w in piece.words()) for piece in self.pieces if piece.task.done())
 
     async def finish(self, started: float, ended: float) -> Any:
         """The whole prompt's transcript: every piece, word times from the prompt's start."""
@@ -649,17 +672,19 @@ class _Transcriber:
             self._send(ended)
         if not self.pieces:
             return Transcript("", (), 0.0, getattr(self.engine, "name", "stt"), 0.0)
-        parts = [(at, await task) for at, task in self.pieces]
+        await asyncio.gather(*(piece.task for piece in self.pieces))
         words = tuple(
-            Word(w.text, w.start + at - started, w.end + at - started, w.probability) for at, part in parts for w in part.words
+            Word(w.text, w.start + piece.at - started, w.end + piece.at - started, w.probability)
+            for piece in self.pieces
+            for w in piece.words()
         )
-        text = " ".join(part.text for _, part in parts if part.text)
         confidence = sum(w.probability for w in words) / len(words) if words else 0.0
-        return Transcript(text, words, confidence, parts[0][1].engine, sum(part.seconds for _, part in parts))
+        seconds = sum(piece.task.result().seconds for piece in self.pieces)
+        return Transcript(" ".join(w.text for w in words), words, confidence, self.pieces[0].task.result().engine, seconds)
 
     def cancel(self) -> None:
-        for _, task in self.pieces:
-            task.cancel()
+        for piece in self.pieces:
+            piece.task.cancel()
 
 
 class IvrProbe:
