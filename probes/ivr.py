@@ -596,7 +596,8 @@ class _Piece:
     def words(self) -> list[Any]:
         if self.task.cancelled():
             return []
-        return [w for w in self.task.result().words if w.start >= self.keep_from - 0.05]
+        # By each word's middle: recognisers stretch a word's edges into the silence around it.
+        return [w for w in self.task.result().words if (w.start + w.end) / 2 >= self.keep_from]
 
 
 class _Transcriber:
@@ -650,7 +651,7 @@ class _Transcriber:
         start = self.cut_at - context
         pcm = self.LEAD_IN + self.recording.pcm(start=start, end=cut)
         lead = len(self.LEAD_IN) / 16000
-        keep_from = lead + (0.0 if not self.pieces else context)
+        keep_from = 0.0 if not self.pieces else lead + context
         task = asyncio.ensure_future(asyncio.to_thread(self.engine.transcribe, pcm))
         self.pieces.append(_Piece(start - lead, keep_from, task))
         self.cut_at = cut

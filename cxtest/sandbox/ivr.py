@@ -14,11 +14,7 @@ INFO, in-band tones), and a digit pressed while a menu speaks interrupts it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections import deque
@@ -31,14 +27,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from probes.voice import audio, dtmf
-from probes.voice.audio import read_wav
 from probes.voice.sip import Call, CallEnded, Timers, UserAgent
+from probes.voice.speech import SpeechError, synthesise
 
 DEFAULT_MENU = Path(__file__).with_name("ivr.yaml")
 DTMF_KEYS = frozenset("0123456789*#")
 ENDINGS = ("hangup", "hold", "silence")  # what a node without options may do after its prompt, besides going to a node
 SHARED_PROMPTS = ("invalid", "goodbye")  # prompt ids of the menu-wide messages; no node may take these ids
-FLITE_TIMEOUT_S = 60.0
 INBAND_POLL_S = 0.1  # in-band DTMF is looked for in what the caller sent, this often
 CALLS_KEPT = 100  # the log keeps the latest calls only: each holds its recording, and a sandbox may run for days
 #: How long ``IvrThread.start()`` waits for the user agent to listen, and ``stop()`` for the thread to end.
@@ -163,74 +158,12 @@ def _describe(error: ValidationError) -> str:
 # --------------------------------------------------------------------------- prompts
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cxtest" / "ivr-prompts"
-
-
-def synthesise_prompts(menu: IvrMenu, cache_dir: str | Path | None = None) -> dict[str, Path]:
-    """Every prompt of the menu as a WAV file spoken by flite; texts already in the cache are not spoken again."""
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    checked_voice = False
-    for prompt_id, text in menu.prompts().items():
-        key = hashlib.sha256(f"{menu.voice}\n{text}".encode()).hexdigest()
-        path = folder / f"{key}.wav"
-        if not path.exists():
-            flite = _flite()
-            if not checked_voice:
-                _check_voice(flite, menu.voice)
-                checked_voice = True
-            _speak(flite, menu.voice, text, path)
-        paths[prompt_id] = path
-    return paths
-
-
-def _flite() -> str:
-    flite = shutil.which("flite")
-    if flite is None:
-        raise IvrError(
-            "flite is not installed: the sandbox IVR speaks its prompts with it. "
-            "Install the Debian package flite (sudo apt-get install flite)."
-        )
-    return flite
-
-
-def _check_voice(flite: str, voice: str) -> None:
-    # flite falls back to its default voice, silently, when it does not know the name.
-    if Path(voice).suffix == ".flitevox":
-        if not Path(voice).is_file():
-            raise IvrError(f"flite voice file {voice} does not exist")
-        return
-    listing = subprocess.run([flite, "-lv"], capture_output=True, text=True, timeout=FLITE_TIMEOUT_S).stdout
-    known = listing.split(":", 1)[-1].split()
-    if voice not in known:
-        raise IvrError(f"flite has no voice {voice!r}; it has {', '.join(known)}")
-
-
-def _speak(flite: str, voice: str, text: str, path: Path) -> None:
-    # Written beside the cache entry and renamed into place, so a concurrent reader never sees half a file.
-    handle, partial_name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".partial.wav")
-    os.close(handle)
-    partial = Path(partial_name)
+def synthesise_prompts(menu: IvrMenu, cache_dir: str | Path | None = None) -> dict[str, bytes]:
+    """Every prompt of the menu as pcm (8 kHz mono 16-bit), spoken by flite; texts already in the cache are not spoken again."""
     try:
-        result = subprocess.run(
-            [flite, "-voice", voice, "-t", text, "-o", str(partial)], capture_output=True, text=True, timeout=FLITE_TIMEOUT_S
-        )
-        if result.returncode != 0 or partial.stat().st_size <= 44:  # 44 bytes: a WAV header and no audio
-            why = result.stderr.strip() or f"exit code {result.returncode}, no audio"
-            raise IvrError(f"flite could not speak {text!r} with voice {voice!r}: {why}")
-        os.replace(partial, path)
-    except subprocess.TimeoutExpired as exc:
-        raise IvrError(f"flite did not finish speaking {text!r} within {FLITE_TIMEOUT_S:g} s") from exc
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def load_prompts(menu: IvrMenu, cache_dir: str | Path | None = None) -> dict[str, bytes]:
-    """Every prompt of the menu as pcm (8 kHz mono 16-bit), synthesised first where not cached."""
-    return {prompt_id: read_wav(path) for prompt_id, path in synthesise_prompts(menu, cache_dir).items()}
+        return {prompt_id: synthesise(text, menu.voice, cache_dir) for prompt_id, text in menu.prompts().items()}
+    except SpeechError as exc:
+        raise IvrError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- calls
@@ -414,7 +347,7 @@ class SandboxIvr:
 
     async def start(self) -> SandboxIvr:
         """Load the prompts (synthesising what is not cached), then listen for calls."""
-        self.prompts = await asyncio.to_thread(load_prompts, self.menu, self.cache_dir)
+        self.prompts = await asyncio.to_thread(synthesise_prompts, self.menu, self.cache_dir)
         ua = UserAgent(self.host, self.requested_port, user="ivr", timers=self.timers)
         try:
             await ua.start()
@@ -551,7 +484,7 @@ class IvrProcess:
     def start(self, timeout: float = START_TIMEOUT_S) -> IvrProcess:
         import sys
 
-        synthesise_prompts(IvrMenu.load(), default_cache_dir())  # here, so a missing flite is raised as itself
+        synthesise_prompts(IvrMenu.load())  # here, so a missing flite is raised as itself
         self._process = subprocess.Popen(
             [sys.executable, "-m", "cxtest.sandbox.ivr", self.host, str(self.requested_port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

