@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import math
 import os
 import re
@@ -237,7 +238,9 @@ def stt_engine(name: str = "whisper", **options: Any) -> SpeechToText:
     """The process's one engine of that name and options, loaded on first use."""
     if name not in ENGINES:
         raise SpeechError(f"no speech-to-text engine {name!r}; there are {', '.join(ENGINES)}")
-    key = (name, tuple(sorted(options.items())))
+    arguments = inspect.signature(ENGINES[name]).bind(**options)  # a TypeError names an option the engine lacks
+    arguments.apply_defaults()  # so stt_engine("whisper") and stt_engine("whisper", threads=1) are one engine
+    key = (name, tuple(arguments.arguments.items()))
     with _engines_lock:  # held while loading, so two threads asking at once load one model
         if key not in _engines:
             _engines[key] = ENGINES[name](**options)
@@ -352,7 +355,7 @@ def _credit(expected: tuple[str, ...], heard: tuple[str, ...]) -> float:
     Numbers are right or wrong: "four" heard as "for" is right (the engine cannot tell
     them apart), as "forward" or "five" wrong.
     """
-    if expected == heard:
+    if "".join(expected) == "".join(heard):  # "a m" and "am"
         return 1.0
     expected_sounds, heard_sounds = _sounds(expected), _sounds(heard)
     if expected_sounds is not None and heard_sounds is not None:
