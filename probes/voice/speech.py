@@ -105,8 +105,7 @@ def _upsampled(pcm: bytes) -> np.ndarray:
     """
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     ratio = MODEL_SAMPLE_RATE // SAMPLE_RATE
-    at = np.arange(len(samples) * ratio, dtype=np.float32) / ratio
-    return np.interp(at, np.arange(len(samples), dtype=np.float32), samples).astype(np.float32)
+    return np.interp(np.arange(len(samples) * ratio) / ratio, np.arange(len(samples)), samples).astype(np.float32)
 
 
 def _mean_probability(words: tuple[Word, ...]) -> float:
@@ -125,10 +124,12 @@ def whisper_model_path(model: str | Path | None = None) -> Path:
     if model is not None and Path(model).is_dir():
         return _checked_model(Path(model))
     package = WHISPER_MODEL_PACKAGE if model is None else str(model)
-    try:
-        module = importlib.import_module(package.replace("-", "_"))
-    except ImportError:
-        module = None
+    module = None
+    if re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_]\w*)*", package):  # a package name, not a path that does not exist
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError:
+            pass
     get_model_path = getattr(module, "get_model_path", None)
     if get_model_path is None:
         raise SpeechError(
