@@ -87,6 +87,8 @@ class ExpectPrompt(Step):
     optional: bool = False  # not heard or not matching: passed, and the listening cursor stays
     latency: ExpectLevels | None = None  # limits on prompt_latency
     duration: ExpectLevels | None = None  # limits on prompt_duration
+    reference: str | None = None  # a WAV of the prompt as it should sound: PESQ `mos` (needs the pesq extra)
+    mos: ExpectLevels | None = None  # limits on mos
 
     def describe(self) -> str:
         words = self.expect_prompt if isinstance(self.expect_prompt, str) else " | ".join(self.expect_prompt)
@@ -312,9 +314,7 @@ class IvrSession:
     async def _play(self, step: Play) -> Observation:
         from probes.voice.audio import read_wav
 
-        path = Path(step.play)
-        if not path.is_absolute() and self.scenario.source.file not in ("", "<memory>"):
-            path = Path(self.scenario.source.file).parent / path
+        path = self._scenario_path(step.play)
         try:
             pcm = await asyncio.to_thread(read_wav, path)
         except ValueError as e:
@@ -418,6 +418,10 @@ class IvrSession:
         if step.optional and not matched:
             text = f"optional prompt not heard: {text}"
         checks = [CheckResult("prompt", outcome, wording, transcript.text, text)]
+        if step.reference is not None:
+            mos_check = await self._mos(step, pcm, measures)
+            if mos_check is not None:
+                checks.append(mos_check)
         fingerprint = analysis.fingerprint(pcm)
         if matched:
             checks += self._against_baseline(index, transcript.text, fingerprint)
@@ -449,6 +453,27 @@ class IvrSession:
             self.interrupted = step.barge_in
         evidence = {} if matched else {"expected": " | ".join(step.wordings), "heard": transcript.text}
         return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
+
+    async def _mos(self, step: ExpectPrompt, pcm: bytes, measures: dict[str, float]) -> CheckResult | None:
+        """PESQ of the prompt heard against its reference recording, into `measures`; the check on its limits."""
+        from probes.voice import analysis
+        from probes.voice.audio import read_wav
+
+        reason = analysis.pesq_unavailable()
+        if reason is not None:
+            raise ProbeError(f"reference: {reason}")
+        try:
+            reference = await asyncio.to_thread(read_wav, self._scenario_path(step.reference))
+            measures["mos"] = await asyncio.to_thread(analysis.pesq_mos, reference, pcm)
+        except ValueError as e:
+            return CheckResult("mos", Outcome.failed, step.reference, None, f"PESQ against {step.reference}: {e}")
+        return judge_levels("mos", measures["mos"], step.mos) if step.mos is not None else None
+
+    def _scenario_path(self, name: str) -> Path:
+        path = Path(name)
+        if not path.is_absolute() and self.scenario.source.file not in ("", "<memory>"):
+            path = Path(self.scenario.source.file).parent / path
+        return path
 
     async def _after_the_tail(self, since: float, limit: float = 2.0) -> float:
         """The end of the first pause after `since` (the interrupted prompt stopping), or `since` if none comes in `limit` s."""
@@ -695,7 +720,7 @@ class IvrProbe:
     measures: ClassVar[frozenset[str]] = frozenset(
         {
             "time_to_answer", "post_dial_delay", "time_to_first_audio", "prompt_latency", "prompt_duration",
-            "dead_air", "level", "clipping", "loss", "jitter", "similarity", "confidence",
+            "dead_air", "level", "clipping", "loss", "jitter", "similarity", "confidence", "mos",
         }
     )
 

@@ -436,3 +436,39 @@ async def test_baseline_records_prompts_and_flags_a_changed_one(tmp_path, projec
         changed = await run(load_scenario(path, project))
     assert changed.outcome is Outcome.degraded, step_messages(changed)
     assert "prompt changed since the baseline" in changed.steps[0].message and "{+" in changed.steps[0].message
+
+
+async def test_pesq_against_a_reference_recording(load, run, tmp_path):
+    """`reference:` scores the prompt heard with PESQ (the pesq extra): a clean G.711 call scores a good MOS."""
+    import wave
+
+    from probes.voice import analysis
+
+    if analysis.pesq_unavailable():
+        pytest.skip(analysis.pesq_unavailable())
+    text = "Thank you for calling Acme Bank. Your call is important to us."
+    with wave.open(str(tmp_path / "reference.wav"), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(8000)
+        out.writeframes(prompt(text))
+
+    async def speak(call):
+        await call.play(prompt(text))
+        await call.ended.wait()
+
+    async with scripted(speak) as uri:
+        scenario = load(
+            """
+            name: pesq
+            channel: ivr
+            target: { uri: "%URI%" }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "Your call is important to us"
+                reference: reference.wav
+                mos: 3.0
+            """,
+            uri=uri,
+        )
+        result = await run(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+    assert result.steps[0].measures["mos"] > 3.0
