@@ -247,7 +247,7 @@ class IvrSession:
         from probes.voice import Credentials
 
         target = self.target
-        ua = await self.probe.user_agent(target.local_host, target.stt)
+        ua = await self.probe.user_agent(target.local_host)
         auth = Credentials(target.auth.user, target.auth.password, target.auth.realm) if target.auth else None
         self.call = call = await ua.dial(
             target.uri, auth=auth, from_user=target.from_user, display_name=target.display_name,
@@ -726,19 +726,13 @@ class IvrProbe:
 
     def __init__(self) -> None:
         self._agents: dict[str, UserAgent] = {}
-        self._engines: set[str] = set()
         self._lock = asyncio.Lock()
 
-    async def user_agent(self, host: str, stt: str) -> UserAgent:
-        """One user agent per local address, shared by every run of this probe; the recogniser loaded first."""
-        from probes.voice import UserAgent, speech
+    async def user_agent(self, host: str) -> UserAgent:
+        """One user agent per local address, shared by every run of this probe."""
+        from probes.voice import UserAgent
 
         async with self._lock:
-            if stt not in self._engines:
-                # Loading the model and the pronunciation dictionary takes ~0.5 s: not on the event
-                # loop, where it would stall every call's media and listening.
-                await asyncio.to_thread(lambda: (speech.stt_engine(stt), speech.similarity("warm", "warm")))
-                self._engines.add(stt)
             agent = self._agents.get(host)
             if agent is None:
                 agent = self._agents[host] = await UserAgent(host).start()
