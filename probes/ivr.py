@@ -208,10 +208,21 @@ class IvrSession:
         self.prompts: list[dict[str, Any]] = []  # what each expect_prompt heard, for call.json
         self.inputs: list[dict[str, Any]] = []  # what we sent and when, for call.json
         self.baseline = self._load_baseline()
+        self._engine: asyncio.Future | None = None
+
+    def _speech_engine(self) -> asyncio.Future:
+        """The speech-to-text engine, loading in a thread from the first call on (a cold load takes seconds)."""
+        from probes.voice import speech
+
+        if self._engine is None:
+            self._engine = asyncio.ensure_future(asyncio.to_thread(speech.stt_engine, self.target.stt))
+        return self._engine
 
     async def step(self, index: int, step: Step, timeout: float) -> Observation:
         measures: dict[str, float] = {}
         if self.call is None:
+            if any(isinstance(each, ExpectPrompt) for each in self.scenario.steps):
+                self._speech_engine()  # loads while the call is placed and the first prompt plays
             measures.update(await self._place_call())
         call = self.call
         assert call is not None
@@ -374,7 +385,7 @@ class IvrSession:
 
         call = self.call
         begin = self.cursor
-        transcriber = _Transcriber(speech.stt_engine(self.target.stt), call.media.recording, step.barge_in)
+        transcriber = _Transcriber(self._speech_engine(), call.media.recording, step.barge_in)
         try:
             heard = await self._listen(step, timeout, transcriber)
             if heard is None:
@@ -384,9 +395,7 @@ class IvrSession:
         finally:
             transcriber.cancel()
         pcm = call.media.recording.pcm(start=started, end=ended)
-        score, wording = max(
-            ((speech.similarity(w, transcript.text) if step.whole else speech.contains_similarity(w, transcript.text), w) for w in step.wordings),
-        )
+        score, wording, fit = await self._match(step, pcm, transcript.text)
         measures = {
             "prompt_latency": started - begin,
             "prompt_duration": ended - started,
@@ -403,13 +412,16 @@ class IvrSession:
             measures["time_to_first_audio"] = started - call.answered_at
         matched = score >= step.min_confidence
         shown = _short(transcript.text)
+        how = "similarity" if fit is None else "fit"
         if matched:
-            text = f"heard {shown} (similarity {score:.2f} >= {step.min_confidence:g})"
+            text = f"heard {shown} ({how} {score:.2f} >= {step.min_confidence:g})"
         else:
             text = (
-                f"expected {_short(wording)}, heard {shown} (similarity {score:.2f} < {step.min_confidence:g}): "
+                f"expected {_short(wording)}, heard {shown} ({how} {score:.2f} < {step.min_confidence:g}): "
                 f"{speech.word_diff(wording, transcript.text)}"
             )
+            if fit is not None and fit.worst():
+                text += f"; fitting worst: {fit.worst()}"
         if still_playing:
             text += f"; the prompt was still playing at the step timeout ({timeout:g}s)"
         elif call.is_over:
@@ -437,6 +449,8 @@ class IvrSession:
                 "heard": transcript.text,
                 "matched": matched,
                 "similarity": round(score, 3),
+                "scored_by": how,
+                "transcript_similarity": round(_text_score(step, wording, transcript.text), 3),
                 "confidence": round(transcript.confidence, 3),
                 "engine": transcript.engine,
                 "fingerprint": fingerprint,
@@ -453,6 +467,18 @@ class IvrSession:
             self.interrupted = step.barge_in
         evidence = {} if matched else {"expected": " | ".join(step.wordings), "heard": transcript.text}
         return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
+
+    async def _match(self, step: ExpectPrompt, pcm: bytes, heard: str) -> tuple[float, str, Any]:
+        """(score, the wording scored best, its Fit or None): the expected words fitted to the audio where the
+        engine can (whisper), else the transcript's similarity to them."""
+
+        engine = await asyncio.shield(self._speech_engine())
+        fits = await asyncio.to_thread(engine.fit, pcm, step.wordings, heard, step.whole) if hasattr(engine, "fit") else []
+        if fits:
+            best = max(fits, key=lambda fit: fit.score)
+            return best.score, best.expected, best
+        score, wording = max((_text_score(step, wording, heard), wording) for wording in step.wordings)
+        return score, wording, None
 
     async def _mos(self, step: ExpectPrompt, pcm: bytes, measures: dict[str, float]) -> CheckResult | None:
         """PESQ of the prompt heard against its reference recording, into `measures`; the check on its limits."""
@@ -608,6 +634,12 @@ class IvrSession:
         self.ctx.write_text("call.json", json.dumps(timeline, indent=2))
 
 
+def _text_score(step: ExpectPrompt, wording: str, heard: str) -> float:
+    from probes.voice import speech
+
+    return speech.similarity(wording, heard) if step.whole else speech.contains_similarity(wording, heard)
+
+
 def _short(text: str, limit: int = 120) -> str:
     return "'" + (text if len(text) <= limit else text[: limit - 1] + "…") + "'"
 
@@ -643,8 +675,8 @@ class _Transcriber:
     LEAD_IN = bytes(2 * 8000 * 3 // 10)  # 300 ms of silence before each piece: whisper hears onsets better
     EVERY_S = 0.3  # how often to look for a pause: the look costs ~20 µs per 20 ms of the piece
 
-    def __init__(self, engine: Any, recording: Any, barge_in: bool = False):
-        self.engine, self.recording = engine, recording
+    def __init__(self, engine: asyncio.Future, recording: Any, barge_in: bool = False):
+        self.engine, self.recording = engine, recording  # engine: still loading, perhaps
         speech = self.BARGE_IN_PIECE_S if barge_in else self.PIECE_S
         self.pauses = ((0.15, speech), (0.1, 1.5 * speech))  # (pause length s, speech before it s)
         self.cut_at: float | None = None  # monotonic: where the next piece starts
@@ -677,9 +709,13 @@ class _Transcriber:
         pcm = self.LEAD_IN + self.recording.pcm(start=start, end=cut)
         lead = len(self.LEAD_IN) / 16000
         keep_from = 0.0 if not self.pieces else lead + context
-        task = asyncio.ensure_future(asyncio.to_thread(self.engine.transcribe, pcm))
+        task = asyncio.ensure_future(self._transcribe(pcm))
         self.pieces.append(_Piece(start - lead, keep_from, task))
         self.cut_at = cut
+
+    async def _transcribe(self, pcm: bytes) -> Any:
+        engine = await asyncio.shield(self.engine)  # a cancelled piece must not cancel the engine's loading
+        return await asyncio.to_thread(engine.transcribe, pcm)
 
     @property
     def done_until(self) -> float:
@@ -697,7 +733,7 @@ class _Transcriber:
         if ended - self.cut_at > 0.1:
             self._send(ended)
         if not self.pieces:
-            return Transcript("", (), 0.0, getattr(self.engine, "name", "stt"), 0.0)
+            return Transcript("", (), 0.0, (await asyncio.shield(self.engine)).name, 0.0)
         await asyncio.gather(*(piece.task for piece in self.pieces))
         words = tuple(
             Word(w.text, w.start + piece.at - started, w.end + piece.at - started, w.probability)

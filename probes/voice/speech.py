@@ -23,10 +23,17 @@ spoken by flite and heard through G.711 mu-law, one core:
            no faster and far less accurate.
 
 Both upsample the call's 8 kHz to the 16 kHz their models were trained on. Neither
-engine is told the words expected: a hint would make it hear them whether they were
-said or not.
+engine is told the words expected when transcribing: a hint would make it hear them
+whether they were said or not.
 
-Matching compares normalised words (normalise: case, punctuation and number forms
+Whisper can also fit expected words to audio (WhisperEngine.fit): the model reads
+the wording along with the audio and says, word by word, how much less likely it
+finds each word than its own choice there. That is how an IVR step decides with
+whisper: on the benchmark's voice rms every right prompt fitted and 20 of 21
+altered ones did not, where comparing transcripts matched 85% of the right ones
+(tiny.en misspells what it hears on its own: "acne bank", "more gages").
+
+Matching a transcript compares normalised words (normalise: case, punctuation and number forms
 made alike, so "Press 1." and "press one" are the same words). The cost of turning
 the expected words into the heard ones is counted word by word: a word dropped or
 added costs 1, a word replaced costs what of it was not heard, by how alike the two
@@ -99,6 +106,30 @@ class Transcript:
     confidence: float
     engine: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class WordFit:
+    """One expected word read along with the audio: gap is log p(word) - log p(the model's own choice), <= 0."""
+
+    word: str
+    gap: float
+    instead: str  # the model's own choice there (its first token), when gap < 0
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How well one expected wording fits a piece of audio (WhisperEngine.fit): score 0..1, like similarity()."""
+
+    expected: str
+    score: float
+    words: tuple[WordFit, ...]
+    seconds: float
+
+    def worst(self, count: int = 3) -> str:
+        """The words that fit worst: "'3' (-8.5, whisper's own choice 'four')"."""
+        poor = sorted((word for word in self.words if word.gap < -FIT_FREE_NATS), key=lambda word: word.gap)[:count]
+        return ", ".join(f"{word.word!r} ({word.gap:.1f}, whisper's own choice {word.instead!r})" for word in poor)
 
 
 class SpeechToText(Protocol):
@@ -180,6 +211,7 @@ class WhisperEngine:
         from faster_whisper import WhisperModel  # imports CTranslate2 and onnxruntime: only when whisper is used
 
         self._model = WhisperModel(str(self.model_path), device="cpu", compute_type="int8", cpu_threads=threads)
+        self._vocabulary = _Vocabulary(self._model.hf_tokenizer)  # ~0.9 s: paid here, with the model, not by the first fit
 
     def transcribe(self, pcm: bytes) -> Transcript:
         started = time.perf_counter()
@@ -199,6 +231,114 @@ class WhisperEngine:
         )
         text = " ".join(segment.text.strip() for segment in segments)
         return Transcript(text, words, _mean_probability(words), self.name, time.perf_counter() - started)
+
+    def fit(self, pcm: bytes, wordings: Iterable[str], heard: str = "", whole: bool = True) -> list[Fit]:
+        """How well each wording fits the audio, word by word: the model reads the wording along with the audio.
+
+        Unlike matching a transcript, the engine is asked about the expected words
+        themselves: at each word, how much less likely it found that word than the word it
+        would have written itself. A word it misspells when left alone ("acne" for "Acme")
+        still fits; a word the audio does not hold ("3" when "4" was said, a dropped
+        sentence) does not. With whole=False the wording may start anywhere in `heard`
+        (this audio's transcript): the heard words before it are read first, as context.
+        The audio is encoded once for all wordings. Empty when the audio is longer than
+        the model's 30 s window: the caller falls back to the transcript.
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        started = time.perf_counter()
+        audio = _upsampled(pcm)
+        if len(audio) > self.WINDOW_S * MODEL_SAMPLE_RATE:
+            return []
+        features = self._model.feature_extractor(audio)
+        frames = min(3000, max(self.FIT_MIN_FRAMES, features.shape[-1] + self.FIT_ROOM_FRAMES))
+        encoded = self._model.encode(np.ascontiguousarray(pad_or_trim(features, frames)))
+        vocabulary = self._vocabulary
+        fits = []
+        for wording in wordings:
+            tokens = vocabulary.encode(wording)
+            if not tokens:
+                raise ValueError(f"nothing expected: {wording!r} has no words")
+            prefix = [] if whole else vocabulary.encode(_heard_before(wording, heard))[-self.MAX_PREFIX_TOKENS :]
+            result = self._model.model.generate(
+                encoded, [vocabulary.start + prefix + tokens], beam_size=1, max_length=448, return_logits_vocab=True
+            )[0]
+            logits = np.asarray(result.logits[0], dtype=np.float32)[len(prefix) : len(prefix) + len(tokens)]
+            if len(logits) < len(tokens):  # CTranslate2 gave fewer steps than it was fed: cannot score
+                return []
+            fits.append(_fitted(wording, vocabulary.gaps(tokens, logits)))
+        seconds = time.perf_counter() - started
+        return [Fit(fit.expected, fit.score, fit.words, seconds) for fit in fits]
+
+    WINDOW_S = 30.0
+    # Whisper was trained on 30 s windows, but its encoder takes shorter ones: 10 s costs a quarter
+    # (0.13 s a prompt, not 0.54) and told right from altered prompts as well on the bench (rms:
+    # 20/20 right, 20/21 altered; 5 s windows caught fewer in other voices).
+    FIT_MIN_FRAMES = 1000  # 10 s of 10 ms frames
+    FIT_ROOM_FRAMES = 100  # 1 s of silence after the audio: where the model may end the text
+    MAX_PREFIX_TOKENS = 200  # whisper reads at most 448 tokens; the words just before matter most
+
+
+class _Vocabulary:
+    """Whisper's tokens as words: which start a word, which spell the same normalised word ("1", " one", " One")."""
+
+    def __init__(self, tokenizer: Any):
+        from faster_whisper.tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer(tokenizer, True, task="transcribe", language="en")
+        self.start = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
+        end = self.tokenizer.eot  # special tokens from here on
+        self.texts = [self.tokenizer.decode([token]) for token in range(end)]
+        self.is_word = np.array([bool(re.search(r"[A-Za-z0-9]", text)) for text in self.texts])
+        self.starts_word = np.array([bool(re.match(r" ?[A-Za-z0-9]", text)) for text in self.texts])
+        self.words = [normalise(text) if word else "" for text, word in zip(self.texts, self.is_word)]
+        self._spelt: dict[str, list[int]] = {}
+        for token, word in enumerate(self.words):
+            if word:
+                self._spelt.setdefault(word, []).append(token)
+        self._numbers = [token for token, word in enumerate(self.words) if word and word.split()[0] in NUMBER_WORDS]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
+
+    @cache
+    def alike(self, token: int) -> np.ndarray:
+        """Tokens that are the same word: case, digits or words; "120" for "one" (the number goes on in the next tokens)."""
+        word = self.words[token]
+        if not word:
+            return np.array([token])
+        same = set(self._spelt[word])
+        if word.split()[-1] in NUMBER_WORDS:
+            same.update(other for other in self._numbers if self.words[other].startswith(word + " "))
+        return np.array(sorted(same))
+
+    def gaps(self, tokens: list[int], logits: np.ndarray) -> list[tuple[str, float, str]]:
+        """(word, gap, the word the model preferred) for each word of tokens, from the logits at each token.
+
+        A word's gap is the sum over its tokens of log p(the token or one alike) - log p(the
+        best token), at most 0; the best is any token that starts a word at a word's first
+        token (so whisper's "[", "(" and punctuation never count against a word). Punctuation
+        tokens are read but not scored.
+        """
+        end = len(self.texts)
+        logits = logits[:, :end]
+        peak = logits.max(axis=1, keepdims=True)
+        log_p = logits - peak - np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+        words: list[list[Any]] = []
+        for row, token in enumerate(tokens):
+            if token >= end or not self.is_word[token]:
+                continue
+            first = self.texts[token].startswith(" ") or not words
+            candidates = np.where(self.starts_word if first else self.is_word, log_p[row], -np.inf)
+            best = int(candidates.argmax())
+            said = log_p[row][self.alike(token)]
+            gap = min(0.0, float(np.logaddexp.reduce(said) - candidates[best]))
+            if first:
+                words.append([self.texts[token], gap, self.texts[best]])
+            else:
+                words[-1][0] += self.texts[token]
+                words[-1][1] += gap
+        return [(word.strip(), gap, instead.strip()) for word, gap, instead in words]
 
 
 # --------------------------------------------------------------------------- pocketsphinx
@@ -436,6 +576,36 @@ def _score(expected: str, heard: str, free_ends: bool) -> float:
         raise ValueError("nothing expected: the expected text has no words")
     cost = sum(step.cost for step in _align(expected_words, normalise(heard).split(), free_ends))
     return max(0.0, 1.0 - cost / (SCALE * math.sqrt(len(expected_words))))
+
+
+#: Fit scores (WhisperEngine.fit): a word whose gap is within FIT_FREE_NATS of the model's own choice
+#: costs nothing (it split its belief between alike words); from there the cost grows to a whole word at
+#: FIT_WRONG_NATS (about 1 in 160,000). Numbers cost NUMBER_WEIGHT; the score is 1 - cost / (FIT_SCALE *
+#: sqrt(words expected)). Set on bench/ivr_recognition.py: every right prompt of the voice rms fits at 0.8
+#: and every altered one does not.
+FIT_FREE_NATS = 1.0
+FIT_WRONG_NATS = 12.0
+FIT_SCALE = 1.0
+
+
+def _fitted(expected: str, gaps: list[tuple[str, float, str]]) -> Fit:
+    words = tuple(WordFit(word, gap, instead) for word, gap, instead in gaps)
+    cost = sum(
+        min(1.0, max(0.0, (-word.gap - FIT_FREE_NATS) / (FIT_WRONG_NATS - FIT_FREE_NATS))) * _weight(tuple(normalise(word.word).split()))
+        for word in words
+    )
+    count = len(normalise(expected).split()) or 1
+    return Fit(expected, max(0.0, 1.0 - cost / (FIT_SCALE * math.sqrt(count))), words, 0.0)
+
+
+def _heard_before(expected: str, heard: str) -> str:
+    """The heard words before where the expected words best fit in them (normalised)."""
+    before = []
+    for step in _align(normalise(expected).split(), normalise(heard).split(), free_ends=True):
+        if step.expected:
+            break
+        before += step.heard
+    return " ".join(before)
 
 
 def similarity(expected: str, heard: str) -> float:
