@@ -99,6 +99,16 @@ def _shorthand(value: Any) -> Any:
     return {"equals": value}
 
 
+def valid_regex(value: str | None) -> str | None:
+    """A validator's check: the regular expression compiles, or a ValueError naming it."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+    return value
+
+
 class Match(Frozen):
     """Expectations on one value. A bare value means `equals`, a list means `one_of`."""
 
@@ -117,11 +127,7 @@ class Match(Frozen):
 
     @model_validator(mode="after")
     def _valid_regex(self) -> "Match":
-        if self.matches is not None:
-            try:
-                re.compile(self.matches)
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {self.matches!r}: {exc}") from None
+        valid_regex(self.matches)
         return self
 
 

@@ -14,6 +14,7 @@ from typing import Any
 BUILT_IN = {
     "http": "probes.http:HttpProbe",
     "ivr": "probes.ivr:IvrProbe",
+    "chat": "probes.chat:ChatProbe",
 }
 
 

@@ -22,7 +22,7 @@ import jinja2
 import jsonpath
 from pydantic import BeforeValidator, Field, field_validator
 
-from cxtest.checks import ABSENT, Match, ValueMatch, judge_levels, judge_match, show
+from cxtest.checks import ABSENT, Match, ValueMatch, judge_levels, judge_match, show, valid_regex
 from cxtest.errors import ProbeError, ProtocolError, StepTimeout, TargetUnreachable
 from cxtest.logs import redact
 from cxtest.model import CheckResult, ExpectLevels, Frozen, Observation, Outcome, Scenario, Step
@@ -96,15 +96,7 @@ class HttpExpect(Frozen):
             _compiled(path)
         return value
 
-    @field_validator("body_matches")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {value!r}: {exc}") from None
-        return value
+    _regex = field_validator("body_matches")(classmethod(lambda cls, value: valid_regex(value)))
 
 
 class HttpStep(Step):
@@ -122,10 +114,7 @@ class HttpStep(Step):
             if source.startswith("$"):
                 _compiled(source)
             elif source.startswith("regex:"):
-                try:
-                    re.compile(source[6:])
-                except re.error as exc:
-                    raise ValueError(f"bad regular expression in {source!r}: {exc}") from None
+                valid_regex(source[6:])
             elif not (source.startswith("header:") or source in ("status", "body")):
                 raise ValueError(
                     f"cannot save from {source!r}: use a JSONPath ($.token), header:NAME, regex:PATTERN, status or body"

@@ -8,14 +8,20 @@
 #     only when something is missing; sudo when not root).
 # (b) .venv with python3 >= 3.11 and `pip install -e '.[test]'`, skipped while
 #     .venv/.setup-stamp holds the sha256 of pyproject.toml.
+# (c) the npm packages of the chat test peers (NPM_PEERS) by `npm ci` from their
+#     lock files, skipped while node_modules/.setup-stamp holds the lock's sha256.
 #
 # Environment: PYTHON (interpreter used to create .venv, default python3),
 #              CXTEST_SKIP_APT=1 (skip the Debian step, e.g. on a non-Debian dev box).
 set -euo pipefail
 
 # Real peers the tests talk to (PostgreSQL, Alertmanager, SIPp, baresip,
-# Kamailio) and flite, which voices the sandbox IVR's prompts.
-APT_PACKAGES="python3-venv postgresql prometheus-alertmanager sip-tester baresip kamailio flite"
+# Kamailio), flite, which voices the sandbox IVR's prompts, and Node.js, which
+# runs the chat test peers.
+APT_PACKAGES="python3-venv postgresql prometheus-alertmanager sip-tester baresip kamailio flite nodejs"
+
+# Chat test peers from npm: Botkit's web adapter, and offline-directline.
+NPM_PEERS="tests/peers/botkit tests/peers/directline"
 
 MIN_PYTHON="3.11"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -129,9 +135,36 @@ python_step() {
     say "python deps ok"
 }
 
+npm_step() {
+    # NodeSource's nodejs package carries npm (and conflicts with Debian's npm); Debian's does not.
+    if ! command -v npm >/dev/null 2>&1; then
+        [[ "${CXTEST_SKIP_APT:-0}" == "1" ]] && die "npm not found: install Node.js with npm (CXTEST_SKIP_APT=1 is set)"
+        say "installing apt package npm"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+        command -v npm >/dev/null 2>&1 || die "npm is still not found after apt-get install npm"
+    fi
+
+    local dir want have
+    for dir in $NPM_PEERS; do
+        want="$(sha256sum "$ROOT/$dir/package-lock.json" | cut -d' ' -f1)"
+        have=""
+        [[ -f "$ROOT/$dir/node_modules/.setup-stamp" ]] && have="$(<"$ROOT/$dir/node_modules/.setup-stamp")"
+        [[ "$have" == "$want" ]] && continue
+        say "installing npm packages in $dir (npm ci)"
+        # --ignore-scripts: no package here needs its install scripts (botbuilder-dialogs' only
+        # tidies duplicate folders with `npx rimraf`, which would fetch rimraf).
+        (cd "$ROOT/$dir" && npm_config_yes=true npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \
+            || die "npm ci in $dir failed (see above)"
+        printf '%s\n' "$want" >"$ROOT/$dir/node_modules/.setup-stamp"
+    done
+    say "npm packages ok"
+}
+
 main() {
     apt_step
     python_step
+    npm_step
 }
 
 # Run when executed; only define the functions when sourced (for tests).

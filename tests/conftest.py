@@ -15,9 +15,10 @@ from typing import Iterator
 
 import pytest
 
-# The real SIP peers (SIPp, baresip, Kamailio) and their `voice_peers` fixture; loading it
+# The real SIP peers (SIPp, baresip, Kamailio) and chatbots (Botkit, a Bot Framework bot, offline-directline)
+# with their `voice_peers` and `chat_peers` fixtures; loading them
 # here, before any test module imports it, lets pytest rewrite its asserts.
-pytest_plugins = ["voice_peers"]
+pytest_plugins = ["voice_peers", "chat_peers"]
 
 # =========================================================================== PostgreSQL
 # A throwaway PostgreSQL cluster for the `postgres`-marked tests: initdb into a

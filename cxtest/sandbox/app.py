@@ -6,6 +6,9 @@
   endpoint that answers HTML where a client expects JSON;
 - an admin switch (``/admin/...``) that breaks the contact centre at run time;
 - a webhook sink (``/hooks/{name}``) that records what notifiers send;
+- a chatbot (``/bot/rest``, ``/webhooks/rest/webhook``, websocket ``/bot/ws``):
+  the rules in :mod:`cxtest.sandbox.bot`, spoken in three protocol shapes, and
+  failure words (``silence``, ``html``, ``badjson``, ``close``) that make it misbehave on the wire;
 - an HTML index (``/``) listing every endpoint.
 
 The app is assembled from *components*: each component is a function taking the
@@ -16,7 +19,8 @@ to :data:`COMPONENTS`; its endpoints appear in the router and on the index page.
 "Broken" mode (``create_app(broken=True)``, ``POST /admin/break`` or env
 ``CXTEST_SANDBOX_BREAK=1``) makes ``/api/status`` answer 503 with billing down
 and makes account ``1002`` come back suspended with no balance, so that a
-scenario expecting an active account fails with a clear expected-vs-actual.
+scenario expecting an active account fails with a clear expected-vs-actual;
+the chatbot answers billing questions with its fallback.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from cxtest.sandbox import bot as chatbot
 
 #: Environment variable that turns broken mode on when set to "1".
 BREAK_ENV = "CXTEST_SANDBOX_BREAK"
@@ -58,6 +66,12 @@ SEED_ACCOUNTS: dict[str, dict[str, Any]] = {
 
 #: The account that misbehaves in broken mode.
 BROKEN_ACCOUNT = "1002"
+
+#: The "method" of an Endpoint that is a websocket route.
+WEBSOCKET = "WEBSOCKET"
+
+#: Pause between the websocket bot's "typing" event and its message.
+TYPING_S = 0.1
 
 
 @dataclass
@@ -95,7 +109,9 @@ class Endpoint:
     methods: tuple[str, ...]
     summary: str
 
-    def route(self) -> Route:
+    def route(self) -> BaseRoute:
+        if self.methods == (WEBSOCKET,):
+            return WebSocketRoute(self.path, self.endpoint)
         return Route(self.path, self.endpoint, methods=list(self.methods))
 
 
@@ -271,8 +287,135 @@ def hooks_component(state: SandboxState) -> list[Endpoint]:
     ]
 
 
+# --------------------------------------------------------------------------- bot
+
+
+class DropConnection(Response):
+    """An "answer" that closes the TCP connection before a single byte of response goes out.
+
+    ASGI has no abort: a server answers 500 to an app that returns before starting
+    its response. So this starts one with a header value holding CRLF, which a
+    server must refuse (response splitting). uvicorn, h11 and httptools alike,
+    refuses it after marking the response started and before writing anything,
+    then closes the connection of an app that returns with its response
+    unfinished, logging "ASGI callable returned without completing response.".
+    A trick rather than an API: tests/test_sandbox_bot.py pins it on real uvicorn.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"x-cxtest-drop", b"\r\n")]})
+        except Exception:  # h11's LocalProtocolError, httptools' RuntimeError: nothing went out
+            pass
+
+
+def http_failure(word: str, silent_body: Any, badjson_body: str) -> Response:
+    """How the HTTP bot answers a failure word (see cxtest.sandbox.bot)."""
+    if word == chatbot.HTML:
+        return HTMLResponse(chatbot.FAILURE_PAGE)
+    if word == chatbot.BADJSON:
+        return Response(badjson_body, media_type="application/json")
+    if word == chatbot.CLOSE:
+        return DropConnection()
+    return JSONResponse(silent_body)
+
+
+def bot_component(state: SandboxState) -> list[Endpoint]:
+    acme = chatbot.AcmeBot()  # one memory per app, like the rest of the state
+
+    async def turn(conversation_id: str, text: str) -> chatbot.Reply:
+        if chatbot.is_slow(text):
+            await asyncio.sleep(chatbot.SLOW_REPLY_S)
+        return acme.answer(conversation_id, text, broken=state.broken)
+
+    async def rest(request: Request) -> Response:
+        body = await read_json(request)
+        if not (
+            isinstance(body, dict)
+            and isinstance(body.get("conversation_id"), str)
+            and isinstance(body.get("text"), str)
+            and isinstance(body.get("user", ""), str)
+        ):
+            return error(400, 'expected a JSON object {"conversation_id": str, "user": str, "text": str}')
+        word = chatbot.failure_word(body["text"])
+        if word:
+            return http_failure(word, chatbot.rest_body(chatbot.SILENT_REPLY), chatbot.BADJSON_REST)
+        reply = await turn(body["conversation_id"], body["text"])
+        return JSONResponse(chatbot.rest_body(reply))
+
+    async def rasa(request: Request) -> Response:
+        body = await read_json(request)
+        if not (isinstance(body, dict) and isinstance(body.get("sender"), str) and isinstance(body.get("message"), str)):
+            return error(400, 'expected a JSON object {"sender": str, "message": str}')
+        word = chatbot.failure_word(body["message"])
+        if word:
+            return http_failure(word, chatbot.rasa_body(chatbot.SILENT_REPLY, body["sender"]), chatbot.BADJSON_RASA)
+        reply = await turn(body["sender"], body["message"])
+        return JSONResponse(chatbot.rasa_body(reply, body["sender"]))
+
+    async def websocket(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            while True:
+                event = await ws.receive()
+                if event["type"] == "websocket.disconnect":
+                    return
+                try:
+                    incoming = json.loads(event.get("text") or event.get("bytes") or b"")
+                except (ValueError, UnicodeDecodeError):
+                    continue  # Botkit logs and drops a frame that is not JSON; the socket stays open
+                if not (
+                    isinstance(incoming, dict)
+                    and incoming.get("type") == "message"
+                    and isinstance(incoming.get("text"), str)
+                    and isinstance(incoming.get("user"), str)
+                ):
+                    continue  # events (hello, welcome_back) and malformed messages get no answer
+                word = chatbot.failure_word(incoming["text"])
+                if word == chatbot.CLOSE:
+                    await ws.close(chatbot.CLOSE_CODE, chatbot.CLOSE_REASON)
+                    return
+                if word == chatbot.HTML:
+                    await ws.send_text(chatbot.FAILURE_PAGE)
+                elif word == chatbot.BADJSON:
+                    await ws.send_text(chatbot.BADJSON_FRAME)
+                if word:
+                    continue  # html and badjson: that one frame, no typing; silence: nothing at all
+                # Botkit types first: the typing event goes out before the (maybe slow) answer.
+                await ws.send_json({"type": "typing"})
+                reply = await turn(incoming["user"], incoming["text"])
+                for i, message in enumerate(reply.messages):
+                    if i:
+                        await ws.send_json({"type": "typing"})
+                    await asyncio.sleep(TYPING_S)
+                    await ws.send_json(chatbot.botkit_message(message))
+        except WebSocketDisconnect:
+            return  # the client left while the bot was typing
+
+    return [
+        Endpoint(
+            "/bot/rest",
+            rest,
+            ("POST",),
+            'JSON {"conversation_id", "user", "text"} -> {"messages": [{"text", "buttons"}], "intent": {"name", "confidence"}}',
+        ),
+        Endpoint(
+            "/webhooks/rest/webhook",
+            rasa,
+            ("POST",),
+            'Rasa REST channel: JSON {"sender", "message"} -> [{"recipient_id", "text", "buttons"}]',
+        ),
+        Endpoint(
+            "/bot/ws",
+            websocket,
+            (WEBSOCKET,),
+            'Botkit web adapter: send {"type": "message", "text", "user"}, get "typing" then {"type": "message", "text", "quick_replies"}',
+        ),
+    ]
+
+
 #: Components assembled by :func:`create_app`, in index-page order.
-COMPONENTS: list[Component] = [api_component, admin_component, hooks_component]
+COMPONENTS: list[Component] = [api_component, admin_component, hooks_component, bot_component]
 
 
 def _index_page(endpoints: list[Endpoint], state: SandboxState) -> str:

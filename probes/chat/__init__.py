@@ -1,0 +1,240 @@
+"""Chatbot conversations (`channel: chat`): say things, check every answer, measure how fast it came.
+
+One connector per protocol (probes/chat/connectors/), chosen by `target.connector`;
+one conversation per run, opened on the first step and closed when the run ends,
+its transcript kept as evidence (transcript.json, transcript.txt).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, AsyncIterator, ClassVar, Union
+
+from pydantic import Field
+
+from cxtest.checks import judge_levels
+from cxtest.errors import ProbeError, StepFailed
+from cxtest.model import Observation, Outcome, Scenario, Step
+from probes.base import RunContext
+from probes.chat.connectors.base import BotMessage, Button, Conversation, UserMessage
+from probes.chat.model import BotSays, ChatStep, UserSays, WaitForBot
+
+CONNECTORS = {
+    "rest": "probes.chat.connectors.rest:RestConnector",
+    "rasa": "probes.chat.connectors.rasa:RasaConnector",
+    "websocket": "probes.chat.connectors.websocket:WebsocketConnector",
+    "botframework": "probes.chat.connectors.botframework:BotFrameworkConnector",
+    "directline": "probes.chat.connectors.directline:DirectLineConnector",
+}
+TRANSCRIPT_LINES = 12  # the end of the transcript that a failure shows
+
+
+def connector_class(name: str) -> Any:
+    module, _, attribute = CONNECTORS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _target_model() -> Any:
+    models = tuple(connector_class(name).target_model for name in CONNECTORS)
+    return Annotated[Union[models], Field(discriminator="connector")]  # type: ignore[misc]
+
+
+class ChatSession:
+    """One conversation with the bot: bot messages wait in an inbox until a `bot` step checks them."""
+
+    def __init__(self, probe: ChatProbe, scenario: Scenario, ctx: RunContext):
+        self.probe, self.scenario, self.ctx = probe, scenario, ctx
+        self.target = scenario.target
+        self.conversation: Conversation | None = None
+        self.opened_at = 0.0
+        self.sent_at: float | None = None  # when our last message went out
+        self.inbox: list[BotMessage] = []  # received, not yet checked
+        self.seen: list[BotMessage] = []  # every bot message received, for button clicks
+        self.transcript: list[dict[str, Any]] = []
+
+    async def step(self, index: int, step: Step, timeout: float) -> Observation:
+        if self.conversation is None:
+            connector = await self.probe.connector(self.target.connector)
+            self.opened_at = time.monotonic()
+            self.conversation = await connector.open(self.target, f"{self.target.user}-{self.ctx.run_id}")
+        if isinstance(step, UserSays):
+            return await self._user(step, self._before(timeout))
+        if isinstance(step, WaitForBot):
+            return await self._wait_for_bot(step, min(step.wait_for_bot, self._before(timeout)))
+        assert isinstance(step, BotSays)
+        return await self._bot(step, timeout)
+
+    @staticmethod
+    def _before(timeout: float) -> float:
+        # Give up just before the runner's own step timeout, so the failure says what was awaited.
+        return max(0.1, timeout - 0.2)
+
+    async def _user(self, step: UserSays, wait: float) -> Observation:
+        from probes.http import render
+
+        if isinstance(step.user, str):
+            message = UserMessage(render(step.user, self.ctx.variables))
+        else:
+            title = render(step.user.button, self.ctx.variables)
+            message = UserMessage(title, await self._button(title, wait))
+        self.sent_at = time.monotonic()
+        self._note("user", message.text, self.sent_at, button=message.button.value if message.button else None)
+        await self.conversation.send(message)
+        return Observation()
+
+    async def _button(self, title: str, wait: float) -> Button:
+        """The newest button with that title; the bot's messages not checked yet count, and one still coming is awaited."""
+        deadline = time.monotonic() + wait
+        while True:
+            for message in reversed(self.seen):
+                for button in message.buttons:
+                    if button.title.casefold() == title.casefold():
+                        return button
+            message = await self.conversation.receive(max(0.0, deadline - time.monotonic()))
+            if message is None:
+                break
+            self._received(message)
+            self.inbox.append(message)
+        offered = [button.title for message in self.seen for button in message.buttons]
+        raise StepFailed(f"no button {title!r} to click: the bot offered {list(dict.fromkeys(offered)) or 'no buttons'}")
+
+    async def _next(self, timeout: float) -> BotMessage | None:
+        if self.inbox:
+            return self.inbox.pop(0)
+        message = await self.conversation.receive(timeout)
+        if message is not None:
+            self._received(message)
+        return message
+
+    def _received(self, message: BotMessage) -> None:
+        self.seen.append(message)
+        latency = message.at - (self.sent_at if self.sent_at is not None else self.opened_at)
+        self._note("bot", message.text, message.at, latency=latency, buttons=[b.title for b in message.buttons],
+                   intent=message.intent, confidence=message.confidence, raw=message.raw)
+
+    async def _wait_for_bot(self, step: WaitForBot, wait: float) -> Observation:
+        if not self.inbox:
+            message = await self.conversation.receive(wait)
+            if message is None:
+                raise StepFailed(f"the bot sent nothing within {wait:g}s{self._after()}\n{self.transcript_text()}")
+            self._received(message)
+            self.inbox.append(message)
+        return Observation()
+
+    async def _bot(self, step: BotSays, timeout: float) -> Observation:
+        from probes.chat.matching import judge, negated
+
+        waited = self._before(timeout)
+        message = await self._next(waited)
+        if message is None:
+            raise StepFailed(f"the bot sent nothing within {waited:g}s{self._after()}\n{self.transcript_text()}")
+        expect = self._filled(step.bot)
+        latency = message.at - (self.sent_at if self.sent_at is not None else self.opened_at)
+        checks = judge(expect, message, expect.normalise)
+        if expect.not_ is not None:
+            checks.append(negated(judge(expect.not_, message, expect.normalise), "not"))
+        if expect.max_latency is not None:
+            checks.append(judge_levels("turn_latency", latency, expect.max_latency))
+        measures = {"turn_latency": latency}
+        if message.confidence is not None:
+            measures["intent_confidence"] = message.confidence
+        if all(check.outcome is not Outcome.failed for check in checks):
+            self._save(expect.save, message)
+            return Observation(checks=tuple(checks), measures=measures)
+        return Observation(
+            checks=tuple(checks),
+            measures=measures,
+            evidence={"expected": step.describe(), "got": message.text, "transcript": self.transcript_text()},
+        )
+
+    def _filled(self, expect: Any) -> Any:
+        """The expectations with saved values filled in ("payment of {{ balance }} pounds")."""
+        from probes.http import render
+
+        given = expect.model_dump(by_alias=True, exclude_unset=True, exclude={"save"})
+        filled = render(given, self.ctx.variables)
+        return expect if filled == given else type(expect).model_validate({**filled, "save": expect.save})
+
+    def _save(self, sources: dict[str, str], message: BotMessage) -> None:
+        import re
+
+        from cxtest.checks import ABSENT
+        from probes.chat.matching import json_value, strip_html
+
+        for name, source in sources.items():
+            if source == "text":
+                value: Any = strip_html(message.text).strip()
+            elif source == "intent":
+                value = message.intent
+            elif source.startswith("regex:"):
+                found = re.search(source[6:], strip_html(message.text))
+                value = None if found is None else (found.group(1) if found.groups() else found.group(0))
+            else:
+                value = json_value(message.raw, source)
+                value = None if value is ABSENT else value
+            if value is None:
+                raise StepFailed(f"cannot save {name!r}: {source!r} found nothing in {message.text!r}")
+            self.ctx.variables[name] = value
+
+    def _after(self) -> str:
+        said = next((line["text"] for line in reversed(self.transcript) if line["from"] == "user"), None)
+        return f" after the user said {said!r}" if said is not None else " after the conversation opened"
+
+    def _note(self, who: str, text: str, at: float, **details: Any) -> None:
+        line = {"from": who, "text": text, "at": round(at - self.opened_at, 3)}
+        line.update({key: value for key, value in details.items() if value not in (None, [])})
+        if "latency" in line:
+            line["latency"] = round(line["latency"], 3)
+        self.transcript.append(line)
+
+    def transcript_text(self, last: int = TRANSCRIPT_LINES) -> str:
+        lines = self.transcript[-last:]
+        shown = [] if len(self.transcript) <= last else [f"  ... {len(self.transcript) - last} earlier lines"]
+        for line in lines:
+            extra = f"  ({line['latency'] * 1000:.0f} ms)" if "latency" in line else ""
+            buttons = f"  [{' | '.join(line['buttons'])}]" if line.get("buttons") else ""
+            shown.append(f"  {line['at']:7.3f}s {line['from']:>4}: {line['text']}{buttons}{extra}")
+        return "transcript:\n" + "\n".join(shown)
+
+    async def close(self) -> None:
+        if self.conversation is not None:
+            await self.conversation.close()
+        if self.transcript:
+            self.ctx.write_text("transcript.json", json.dumps(self.transcript, indent=2, default=str))
+            self.ctx.write_text("transcript.txt", self.transcript_text(last=len(self.transcript)) + "\n")
+
+
+class ChatProbe:
+    channel: ClassVar[str] = "chat"
+    target_model: ClassVar[Any] = _target_model()
+    step_model: ClassVar[Any] = ChatStep
+    measures: ClassVar[frozenset[str]] = frozenset({"turn_latency", "intent_confidence"})
+
+    def __init__(self) -> None:
+        self._connectors: dict[str, Any] = {}
+
+    async def connector(self, name: str) -> Any:
+        """One connector per protocol, shared by every run of this probe (its client pools, its callback server)."""
+        if name not in self._connectors:
+            self._connectors[name] = connector_class(name)()
+        return self._connectors[name]
+
+    @asynccontextmanager
+    async def session(self, scenario: Scenario, ctx: RunContext) -> AsyncIterator[ChatSession]:
+        session = ChatSession(self, scenario, ctx)
+        try:
+            yield session
+        finally:
+            await session.close()
+
+    async def aclose(self) -> None:
+        for connector in self._connectors.values():
+            try:
+                await connector.aclose()
+            except ProbeError:
+                pass
+        self._connectors.clear()
+
