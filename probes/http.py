@@ -191,6 +191,8 @@ def _translate(exc: httpx.HTTPError, url: str, timeout: float) -> Exception:
             return TargetUnreachable(f"connection refused by {host}:{httpx.URL(url).port or ''} ({url})".replace(":(", " ("))
         reason = str(cause) if isinstance(cause, OSError) and str(cause) else text
         return TargetUnreachable(f"cannot connect to {url}: {reason}")
+    if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
+        return ProtocolError(f"{host} closed the connection without answering ({url})")
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.LocalProtocolError, httpx.DecodingError)):
         return ProtocolError(f"malformed HTTP response from {url}: {exc}")
     if isinstance(exc, httpx.UnsupportedProtocol):

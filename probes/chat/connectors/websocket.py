@@ -65,11 +65,10 @@ class WebsocketConversation(Conversation):
                 message = parse(document)
                 if message is not None:
                     self.deliver(BotMessage(message.text, message.buttons, raw=message.raw, at=arrived))
-            closed = self.socket.close_code, self.socket.close_reason
-        except ConnectionClosed as exc:
-            closed = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+        except ConnectionClosed:
+            pass
         if not self._closing:
-            code, reason = closed
+            code, reason = self.socket.close_code, self.socket.close_reason  # 1006: dropped without a close frame
             self.deliver(ProtocolError(f"the bot closed the websocket (code {code}{', ' + reason if reason else ''})"))
 
     async def send(self, message: UserMessage) -> None:
@@ -80,9 +79,8 @@ class WebsocketConversation(Conversation):
         frame = render(self.target.message, {"text": message.value, "user": self.conversation_id, "conversation_id": self.conversation_id})
         try:
             await self.socket.send(json.dumps(frame))
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
-            raise ProtocolError(f"the bot closed the websocket (code {code}) before our message went out") from None
+        except ConnectionClosed:
+            raise ProtocolError(f"the bot closed the websocket (code {self.socket.close_code}) before our message went out") from None
 
     async def close(self) -> None:
         self._closing = True
