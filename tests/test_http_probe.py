@@ -283,7 +283,7 @@ async def test_hang_up_without_reply_is_an_error(load, run) -> None:  # type: ig
         )
         result = await run(s)
     assert result.outcome is Outcome.error
-    assert result.steps[0].message == f"malformed HTTP response from {url}: Server disconnected without sending a response."
+    assert result.steps[0].message == f"127.0.0.1 closed the connection without answering ({url})"
     assert_clear(result)
 
 
