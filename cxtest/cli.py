@@ -504,6 +504,44 @@ def silence_remove(
     out.print(f"silence {silence_id} removed")
 
 
+import_app = typer.Typer(help="Convert other tools' test scripts into cxtest scenarios.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("botium")
+def import_botium(
+    folder: Annotated[Path, typer.Argument(help="A BotiumScript folder: *.convo.txt, *.pconvo.txt, *.utterances.txt (botium.json here or above).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the chat scenarios (one YAML file per convo).")] = Path("scenarios/botium"),
+    target: Annotated[Optional[Path], typer.Option(help="A YAML mapping used as every scenario's target instead of botium.json's.")] = None,
+) -> None:
+    """Convert BotiumScript convos into chat scenarios; whatever has no equivalent is listed as file:line:col and exits 2."""
+    import yaml
+
+    from probes.chat.botium import convert_folder, write_scenarios
+
+    chosen = None
+    if target is not None:
+        try:
+            chosen = yaml.safe_load(target.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            console.print(f"--target {escape(str(target))}: {escape(str(exc))}", style="red")
+            raise typer.Exit(EXIT_USAGE) from None
+        if not isinstance(chosen, dict):
+            console.print(f"--target {escape(str(target))}: expected a mapping (connector, url...)", style="red")
+            raise typer.Exit(EXIT_USAGE)
+    conversion = convert_folder(folder, chosen)
+    for warning in conversion.warnings:
+        console.print(escape(f"warning: {warning}"), style="yellow", highlight=False, soft_wrap=True)
+    for problem in conversion.problems:
+        console.print(escape(str(problem)), style="red", highlight=False, soft_wrap=True)
+    written = write_scenarios(conversion, out_dir)
+    console.print(f"wrote {len(written)} scenario(s) to {escape(str(out_dir))}", style="green" if not conversion.problems else None)
+    if conversion.problems:
+        files = len({p.file for p in conversion.problems})
+        console.print(f"{len(conversion.problems)} thing(s) not converted in {files} file(s)", style="bold red")
+        raise typer.Exit(EXIT_USAGE)
+
+
 # --------------------------------------------------------------------------- shared by run and demo
 
 
@@ -581,7 +619,12 @@ def summarize(results: list[Result], *, table: bool) -> None:
             )
         out.print(grid)
         for r in results:
-            if r.outcome in (Outcome.failed, Outcome.error) and r.artifacts:
+            if r.outcome not in (Outcome.failed, Outcome.error):
+                continue
+            for step in r.steps:
+                if step.outcome in (Outcome.failed, Outcome.error) and step.evidence.get("transcript"):
+                    out.print(f"  [dim]{escape(r.scenario_name)}, step {step.index + 1}, {escape(logs.redact(step.evidence['transcript']))}[/]")
+            if r.artifacts:
                 out.print(f"  [dim]evidence for {escape(r.scenario_name)}: {escape(str(Path(r.artifacts[0].path).parent))}[/]")
     counts = Counter(r.outcome for r in results)
     total = sum(r.duration for r in results)

@@ -479,13 +479,26 @@ def load_scenario(path: Path, project: Project | None = None) -> Scenario:
 
 def _load_scenario(path: Path, project: Project | None = None, *, check_notify: bool = True) -> tuple[Scenario, _Document]:
     """`check_notify=False` when `project` stands in for a cxtest.yaml that did not load (its names are unknown)."""
-    from probes import channels
-
     project = project or load_project(find_project_file(path))
-    display = _display(path)
-    doc, data = _read(path, display)
+    doc, data = _read(path, _display(path))
     if data is None:
         raise ScenarioError(doc.problems)
+    return _scenario_from(doc, data, _scenario_id(path, project), project, check_notify)
+
+
+def _load_botium(converted: Any, folder: Path, project: Project, check_notify: bool) -> tuple[Scenario, _Document]:
+    """A BotiumScript convo converted in memory (probes.chat.botium), validated like a file; problems point at the convo."""
+    doc = _Document(file=_display(converted.source), base_dir=converted.source.parent)
+    data = doc.build(yaml.compose(yaml.safe_dump(converted.data, sort_keys=False)))  # ${env:...} filled in as in files
+    for marks in (doc.value_marks, doc.key_marks):
+        for key in marks:
+            marks[key] = (converted.line, 1)
+    return _scenario_from(doc, data, _scenario_id(folder / converted.output, project), project, check_notify)
+
+
+def _scenario_from(doc: _Document, data: Any, scenario_id: str, project: Project, check_notify: bool) -> tuple[Scenario, _Document]:
+    from probes import channels
+
     if not isinstance(data, dict):
         doc.problem((), f"a scenario must be a mapping of keys (name, channel, steps...), got {_describe(data)}")
         raise ScenarioError(doc.problems)
@@ -496,8 +509,8 @@ def _load_scenario(path: Path, project: Project | None = None, *, check_notify: 
         default = getattr(defaults, key)
         if key not in values and default is not None:
             values[key] = default
-    values.setdefault("id", _scenario_id(path, project))
-    values["source"] = Source(file=display, line=doc.value_marks.get((), (1, 1))[0])
+    values.setdefault("id", scenario_id)
+    values["source"] = Source(file=doc.file, line=doc.value_marks.get((), (1, 1))[0])
 
     channel = data.get("channel")
     model: type[Scenario] = Scenario
@@ -534,6 +547,11 @@ def _check_thresholds(doc: _Document, channel: str, thresholds: dict[str, Any]) 
             doc.problem(("thresholds", name), f"unknown measure '{name}'" + suggest(name, measures), at_key=True)
 
 
+def _has_botium_files(folder: Path) -> bool:
+    """BotiumScript convos below the folder: `cxtest run` converts them in memory (the chat probe's importer)."""
+    return any(True for _ in folder.rglob("*.convo.txt"))
+
+
 def scenario_files(paths: Iterable[Path]) -> list[Path]:
     """Scenario files named directly or found below folders, in a stable order."""
     found: list[Path] = []
@@ -567,17 +585,24 @@ def load_scenarios(paths: Iterable[Path], project: Project | None = None) -> tup
             project = Project(root=project_file.parent.resolve() if project_file else Path.cwd())
             check_notify = False
     files = scenario_files(paths)
+    loads: list[Any] = [lambda file=file: _load_scenario(file, project, check_notify=check_notify) for file in files]
     for path in paths:
         if not path.exists():
             problems.append(Problem(str(path), 1, 1, "", "no such file or folder"))
-    if not files and not problems:
-        problems.append(Problem(str(paths[0]) if paths else ".", 1, 1, "", "no scenario files (*.yaml) found"))
+        elif path.is_dir() and _has_botium_files(path):
+            from probes.chat.botium import convert_folder
+
+            conversion = convert_folder(path)
+            problems.extend(conversion.problems)
+            loads += [lambda c=c, path=path: _load_botium(c, path, project, check_notify) for c in conversion.scenarios]
+    if not loads and not problems:
+        problems.append(Problem(str(paths[0]) if paths else ".", 1, 1, "", "no scenario files (*.yaml, BotiumScript *.convo.txt) found"))
     scenarios: list[Scenario] = []
     by_name: dict[str, tuple[str, int, int]] = {}  # name -> where it was first seen
     by_id: dict[str, tuple[str, int, int]] = {}
-    for file in files:
+    for load in loads:
         try:
-            scenario, doc = _load_scenario(file, project, check_notify=check_notify)
+            scenario, doc = load()
         except ScenarioError as exc:
             problems.extend(exc.problems)
             continue

@@ -228,7 +228,7 @@ def test_unknown_channel_suggests_the_close_one() -> None:
 def test_channel_that_is_not_text_is_reported_once() -> None:
     """`channel: 5` is one problem listing the channels, not also "expected text"."""
     text = "name: x\nchannel: 5\n" + ONE_STEP
-    assert problems_in(text) == ["bad.yaml:2:10 channel: unknown channel 5; expected one of: http, ivr"]
+    assert problems_in(text) == ["bad.yaml:2:10 channel: unknown channel 5; expected one of: chat, http, ivr"]
 
 
 # --------------------------------------------------------------------------- substitutions
@@ -552,7 +552,7 @@ def test_bad_regex_in_save_is_a_problem() -> None:
     """A `save: regex:` with a broken pattern is reported at that entry, never a traceback."""
     text = GOOD + "    save: {t: \"regex:(\"}\n"
     [problem] = problems_in(text)
-    assert problem.startswith("bad.yaml:6:") and "bad regular expression in 'regex:('" in problem
+    assert problem.startswith("bad.yaml:6:") and "bad regular expression '('" in problem
 
 
 def test_negative_duration_with_unit_says_negative() -> None:

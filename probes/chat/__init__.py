@@ -7,6 +7,7 @@ its transcript kept as evidence (transcript.json, transcript.txt).
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import json
 import time
@@ -50,7 +51,7 @@ class ChatSession:
         self.target = scenario.target
         self.conversation: Conversation | None = None
         self.opened_at = 0.0
-        self.sent_at: float | None = None  # when our last message went out
+        self.sends: list[float] = []  # when each of our messages went out
         self.inbox: list[BotMessage] = []  # received, not yet checked
         self.seen: list[BotMessage] = []  # every bot message received, for button clicks
         self.transcript: list[dict[str, Any]] = []
@@ -80,8 +81,8 @@ class ChatSession:
         else:
             title = render(step.user.button, self.ctx.variables)
             message = UserMessage(title, await self._button(title, wait))
-        self.sent_at = time.monotonic()
-        self._note("user", message.text, self.sent_at, button=message.button.value if message.button else None)
+        self.sends.append(time.monotonic())
+        self._note("user", message.text, self.sends[-1], button=message.button.value if message.button else None)
         await self.conversation.send(message)
         return Observation()
 
@@ -109,9 +110,13 @@ class ChatSession:
             self._received(message)
         return message
 
+    def _latency(self, message: BotMessage) -> float:
+        """From our last message before this one arrived (or the conversation's opening) to its arrival."""
+        return message.at - max((sent for sent in self.sends if sent <= message.at), default=self.opened_at)
+
     def _received(self, message: BotMessage) -> None:
         self.seen.append(message)
-        latency = message.at - (self.sent_at if self.sent_at is not None else self.opened_at)
+        latency = self._latency(message)
         self._note("bot", message.text, message.at, latency=latency, buttons=[b.title for b in message.buttons],
                    intent=message.intent, confidence=message.confidence, raw=message.raw)
 
@@ -132,7 +137,7 @@ class ChatSession:
         if message is None:
             raise StepFailed(f"the bot sent nothing within {waited:g}s{self._after()}\n{self.transcript_text()}")
         expect = self._filled(step.bot)
-        latency = message.at - (self.sent_at if self.sent_at is not None else self.opened_at)
+        latency = self._latency(message)
         checks = judge(expect, message, expect.normalise)
         if expect.not_ is not None:
             checks.append(negated(judge(expect.not_, message, expect.normalise), "not"))
@@ -188,7 +193,8 @@ class ChatSession:
         line.update({key: value for key, value in details.items() if value not in (None, [])})
         if "latency" in line:
             line["latency"] = round(line["latency"], 3)
-        self.transcript.append(line)
+        # In the order things happened: a message read after our next one went out arrived before it.
+        bisect.insort(self.transcript, line, key=lambda each: each["at"])
 
     def transcript_text(self, last: int = TRANSCRIPT_LINES) -> str:
         lines = self.transcript[-last:]
