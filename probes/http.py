@@ -125,13 +125,19 @@ class HttpStep(Step):
 _templates = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
+@functools.lru_cache(maxsize=4096)
+def _template(text: str) -> jinja2.Template:
+    # Compiling is most of a render's cost, and a scenario's strings come back on every run.
+    return _templates.from_string(text)
+
+
 def render(value: Any, variables: dict[str, Any]) -> Any:
     """Fill `{{ name }}` placeholders in strings, lists and mappings from saved values."""
     if isinstance(value, str):
         if "{{" not in value and "{%" not in value:
             return value
         try:
-            return _templates.from_string(value).render(variables)
+            return _template(value).render(variables)
         except jinja2.UndefinedError as exc:
             saved = ", ".join(sorted(variables)) or "nothing saved yet"
             raise ProbeError(f"{exc.message} in {value!r} (saved values: {saved})") from None

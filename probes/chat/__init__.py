@@ -2,7 +2,7 @@
 
 One connector per protocol (probes/chat/connectors/), chosen by `target.connector`;
 one conversation per run, opened on the first step and closed when the run ends,
-its transcript kept as evidence (transcript.json, transcript.txt).
+its transcript kept as evidence (transcript.json).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import importlib
 import json
+import secrets
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, ClassVar, Union
@@ -60,7 +61,8 @@ class ChatSession:
         if self.conversation is None:
             connector = await self.probe.connector(self.target.connector)
             self.opened_at = time.monotonic()
-            self.conversation = await connector.open(self.target, f"{self.target.user}-{self.ctx.run_id}")
+            # The run id is shared by every scenario of one `cxtest run`: a bot must not mix their conversations up.
+            self.conversation = await connector.open(self.target, f"{self.target.user}-{self.ctx.run_id}-{secrets.token_hex(4)}")
         if isinstance(step, UserSays):
             return await self._user(step, self._before(timeout))
         if isinstance(step, WaitForBot):
@@ -208,9 +210,8 @@ class ChatSession:
     async def close(self) -> None:
         if self.conversation is not None:
             await self.conversation.close()
-        if self.transcript:
+        if self.transcript:  # the text form is in a failed step's evidence; this is the whole record, raw replies included
             self.ctx.write_text("transcript.json", json.dumps(self.transcript, indent=2, default=str))
-            self.ctx.write_text("transcript.txt", self.transcript_text(last=len(self.transcript)) + "\n")
 
 
 class ChatProbe:

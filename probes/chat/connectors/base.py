@@ -61,7 +61,7 @@ class ChatTarget(Frozen):
 
     url: str
     headers: dict[str, str] = {}
-    user: str = "cxtest"  # user id prefix; each run talks as `<user>-<run id>`
+    user: str = "cxtest"  # user id prefix; each conversation is `<user>-<run id>-<8 random hex digits>`
     verify: bool | str = True  # TLS: False, or a CA bundle file
     connect_timeout: Duration = 10.0
 
