@@ -281,7 +281,7 @@ def test_asserters_read_as_plain_expectations(tmp_path: Path) -> None:
 
 
 def test_what_has_no_equivalent_is_reported_where_it_stands_and_the_rest_converted(tmp_path: Path) -> None:
-    """MEDIA, CARDS, PAUSE, !BUTTONS with several buttons and BOT_CONSUMED are problems at their lines; the other steps remain."""
+    """MEDIA, CARDS, !BUTTONS with several buttons and BOT_CONSUMED are problems at their lines; the other steps remain (PAUSE is a wait)."""
     write(tmp_path, {"a.convo.txt": """
         a
         #me
@@ -304,10 +304,9 @@ def test_what_has_no_equivalent_is_reported_where_it_stands_and_the_rest_convert
         "a.convo.txt:3 MEDIA: MEDIA is not converted in #me",
         "a.convo.txt:7 CARDS: CARDS is not converted in #bot",
         "a.convo.txt:8 BUTTONS: !BUTTONS with several buttons (none of them offered) is not converted: give one per step",
-        "a.convo.txt:12 PAUSE: PAUSE is not converted: chat scenarios have no pause step (the bot steps wait for messages anyway)",
         "a.convo.txt:15 BOT_CONSUMED: BOT_CONSUMED is not converted in #end",
     ]
-    assert steps(conversion, "a") == [{"bot": {"contains": "Welcome"}}, {"user": "hi"}]
+    assert steps(conversion, "a") == [{"bot": {"contains": "Welcome"}}, {"wait": "500ms"}, {"user": "hi"}]
 
 
 def test_waitforbot_buttons_and_step_parameters(tmp_path: Path) -> None:
@@ -421,11 +420,11 @@ def test_another_botium_connector_is_a_problem_with_the_fallback_target(tmp_path
 
 def test_the_import_command_writes_scenarios_and_exits_2_listing_what_it_could_not_convert(tmp_path: Path) -> None:
     """`cxtest import botium` writes YAML that loads, prints located problems and exits 2 when any, 0 when none."""
-    write(tmp_path, {"bot/a.convo.txt": "a\n#me\nhi\n#bot\nWelcome\nPAUSE 100\n", "target.yaml": "{connector: rest, url: 'http://127.0.0.1:9/bot'}\n"})
+    write(tmp_path, {"bot/a.convo.txt": "a\n#me\nhi\n#bot\nWelcome\nCARDS x\n", "target.yaml": "{connector: rest, url: 'http://127.0.0.1:9/bot'}\n"})
     command = [str(CXTEST), "import", "botium", "bot", "--out", "out", "--target", "target.yaml"]
     broken = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert broken.returncode == 2, broken.stderr
-    assert "a.convo.txt:6:1 PAUSE: PAUSE is not converted" in broken.stderr and "1 thing(s) not converted in 1 file(s)" in broken.stderr
+    assert "a.convo.txt:6:1 CARDS: CARDS is not converted" in broken.stderr and "1 thing(s) not converted in 1 file(s)" in broken.stderr
     written = yaml.safe_load((tmp_path / "out" / "a.yaml").read_text())
     assert written["steps"] == [{"user": "hi"}, {"bot": {"contains": "Welcome"}}]
     (tmp_path / "bot" / "a.convo.txt").write_text("a\n#me\nhi\n#bot\nWelcome\n")

@@ -7,6 +7,7 @@ its transcript kept as evidence (transcript.json).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import importlib
 import json
@@ -22,7 +23,7 @@ from cxtest.errors import ProbeError, StepFailed
 from cxtest.model import Observation, Outcome, Scenario, Step
 from probes.base import RunContext
 from probes.chat.connectors.base import BotMessage, Button, Conversation, UserMessage
-from probes.chat.model import BotSays, ChatStep, UserSays, WaitForBot
+from probes.chat.model import BotSays, ChatStep, Pause, UserSays, WaitForBot
 
 CONNECTORS = {
     "rest": "probes.chat.connectors.rest:RestConnector",
@@ -67,6 +68,9 @@ class ChatSession:
             return await self._user(step, self._before(timeout))
         if isinstance(step, WaitForBot):
             return await self._wait_for_bot(step, min(step.wait_for_bot, self._before(timeout)))
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.wait)
+            return Observation()
         assert isinstance(step, BotSays)
         return await self._bot(step, timeout)
 

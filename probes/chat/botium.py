@@ -26,8 +26,8 @@ How Botium's meaning is kept:
   `#bot` text is captured with `save: {name: "regex:..."}` and sent back as
   `{{ name }}`; SET_SCRIPTING_MEMORY values are filled in as text; ASSIGN_SCRIPTING_MEMORY
   becomes a JSONPath `save`. Memory functions ($now, $random...) are reported.
-- PAUSE is reported: chat scenarios have no pause step. WAITFORBOT becomes
-  `wait_for_bot` (which fails when nothing comes; Botium's goes on).
+- PAUSE becomes a `wait` step (before the message in #me, before the check in #bot).
+  WAITFORBOT becomes `wait_for_bot` (which fails when nothing comes; Botium's goes on).
 - Whatever has no equivalent (MEDIA, CARDS, FORMS, entities, custom asserters...) is
   reported where it stands; the rest of the convo is still converted.
 """
@@ -835,6 +835,8 @@ class _ScenarioBuilder:
             if hook.name == "WAITFORBOT":
                 self.steps.append({"wait_for_bot": self._wait(step, hook)})
                 self.bot_spoke = True
+            elif hook.name == "PAUSE":
+                self.steps.append({"wait": self._pause(step, hook)})
             elif hook.name in ("SET_SCRIPTING_MEMORY", "CLEAR_SCRIPTING_MEMORY"):
                 if at_begin:  # at the end nothing is left to use the value
                     self._memory_hook(step, hook)
@@ -846,13 +848,18 @@ class _ScenarioBuilder:
             self._unsupported(step, asserter, section)
 
     def _unsupported(self, step: BotiumStep, call: Call, section: str) -> None:
-        if call.name == "PAUSE":
-            message = "PAUSE is not converted: chat scenarios have no pause step (the bot steps wait for messages anyway)"
-        elif call.name in self.importer.registry.custom:
+        if call.name in self.importer.registry.custom:
             message = f"custom {call.name} from botium.json is not converted"
         else:
             message = f"{call.name} is not converted in {section}"
         self.problem(step.file, call.line, call.name, message)
+
+    def _pause(self, step: BotiumStep, hook: Call) -> str:
+        """PAUSE ms: a `wait` step of that long."""
+        if len(hook.args) == 1 and hook.args[0].strip().isdigit():
+            return _milliseconds(int(hook.args[0]))
+        self.problem(step.file, hook.line, "PAUSE", f"PAUSE takes milliseconds, got {'|'.join(hook.args)!r}")
+        return "0s"
 
     def _wait(self, step: BotiumStep, hook: Call) -> str:
         try:
@@ -970,6 +977,8 @@ class _ScenarioBuilder:
                 timeout = self._step_parameters(step, hook).get("timeout")
             elif hook.name == "WAITFORBOT":
                 self.importer.warn(step.file, hook.line, hook.name, "WAITFORBOT in #me does nothing in Botium: ignored (put it in the #bot section)")
+            elif hook.name == "PAUSE":
+                self.steps.append({"wait": self._pause(step, hook)})  # before the message: the user step comes after
             else:
                 self._unsupported(step, hook, "#me")
         if said is not None:
@@ -1025,6 +1034,8 @@ class _ScenarioBuilder:
         for hook in step.hooks:
             if hook.name == "WAITFORBOT":
                 before.append({"wait_for_bot": self._wait(step, hook)})
+            elif hook.name == "PAUSE":
+                before.append({"wait": self._pause(step, hook)})
             elif hook.name == "ASSIGN_SCRIPTING_MEMORY":
                 self._assign(step, hook, save)
             elif hook.name in ("SET_SCRIPTING_MEMORY", "CLEAR_SCRIPTING_MEMORY", "CONVO_STEP_PARAMETERS"):

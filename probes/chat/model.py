@@ -1,4 +1,4 @@
-"""A chat scenario's steps: `user` says or clicks, `bot` checks the next bot message, `wait_for_bot` waits for one."""
+"""A chat scenario's steps: `user` says or clicks, `bot` checks the next bot message, `wait_for_bot` waits for one, `wait` lets time pass."""
 
 from __future__ import annotations
 
@@ -119,7 +119,14 @@ class WaitForBot(Step):
     wait_for_bot: Duration
 
 
-_KINDS = {"user": UserSays, "bot": BotSays, "wait_for_bot": WaitForBot}
+class Pause(Step):
+    wait: Duration  # lets time pass (a customer reading); the bot's messages meanwhile wait for the next bot step
+
+    def describe(self) -> str:
+        return self.name or f"wait {self.wait:g}s"
+
+
+_KINDS = {"user": UserSays, "bot": BotSays, "wait_for_bot": WaitForBot, "wait": Pause}
 
 
 def _kind(value: Any) -> str | None:
