@@ -16,7 +16,7 @@ def test_ivr_recognition_quick_reports_every_engine_target_and_line() -> None:
     output = done.stdout + done.stderr
     assert done.returncode in (0, 1), output
     for engine in ("whisper", "sphinx"):
-        assert re.search(rf"^{engine}\s+rms\s+G\.711\s+15\s+\d+\.\d%\s+\d\.\d\d\s+\d/2\s", done.stdout, re.MULTILINE), output
+        assert re.search(rf"^{engine}\s+rms\s+G\.711\s+15\s+\d+\.\d%\s+\d\.\d\d\s+\d\.\d\d\s+\d/2\s", done.stdout, re.MULTILINE), output
         assert re.search(rf"^{engine}\s+rms\s+G\.711 \+ noise 20 dB SNR\s+15\s", done.stdout, re.MULTILINE), output
         for target in ("right prompts matched", "altered prompts caught", "real-time factor"):
             assert re.search(rf"^{engine}: {target} .*: (PASS|FAIL)$", done.stdout, re.MULTILINE), output
