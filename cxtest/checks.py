@@ -19,7 +19,7 @@ from cxtest.model import CheckResult, Frozen, Levels, Outcome, format_duration
 # Measures where a smaller value is worse; every other measure is worse when larger.
 HIGHER_IS_BETTER = frozenset({"tls_days_left", "mos", "confidence", "similarity", "level"})
 SECONDS = frozenset(
-    {"latency", "duration", "ttfb", "time_to_answer", "post_dial_delay", "time_to_first_audio", "prompt_duration", "dead_air", "jitter"}
+    {"latency", "duration", "ttfb", "dom_content_loaded", "load", "time_to_answer", "post_dial_delay", "time_to_first_audio", "prompt_duration", "dead_air", "jitter"}
 )
 
 ABSENT = object()

@@ -15,6 +15,7 @@ BUILT_IN = {
     "http": "probes.http:HttpProbe",
     "ivr": "probes.ivr:IvrProbe",
     "chat": "probes.chat:ChatProbe",
+    "web": "probes.web:WebProbe",
 }
 
 

@@ -16,9 +16,10 @@
 set -euo pipefail
 
 # Real peers the tests talk to (PostgreSQL, Alertmanager, SIPp, baresip,
-# Kamailio), flite, which voices the sandbox IVR's prompts, and Node.js, which
-# runs the chat test peers.
-APT_PACKAGES="python3-venv postgresql prometheus-alertmanager sip-tester baresip kamailio flite nodejs"
+# Kamailio), flite, which voices the sandbox IVR's prompts, Node.js, which
+# runs the chat test peers, and Chromium, the browser the web probe drives
+# through Playwright (`playwright install` would download one; Debian's is used).
+APT_PACKAGES="python3-venv postgresql prometheus-alertmanager sip-tester baresip kamailio flite nodejs chromium"
 
 # Chat test peers from npm: Botkit's web adapter, and offline-directline.
 NPM_PEERS="tests/peers/botkit tests/peers/directline"

@@ -336,15 +336,15 @@ def test_validate_a_good_folder(runs: dict[str, Run]) -> None:
 # --------------------------------------------------------------------------- demo and secrets
 
 
-@pytest.mark.parametrize(("name", "code", "failed"), [("demo", 0, 0), ("demo_break", 1, 2)])
+@pytest.mark.parametrize(("name", "code", "failed"), [("demo", 0, 0), ("demo_break", 1, 3)])
 def test_demo(runs: dict[str, Run], name: str, code: int, failed: int) -> None:
     """`cxtest demo` exits 0 and `demo --break` exits 1; both write out/report.html, out/junit.xml, out/results.json."""
     run = runs[name]
     assert run.code == code, run
     outputs = run.reports()
     report = json.loads(outputs["results.json"])
-    assert (report["summary"]["total"], report["summary"]["failed"]) == (8, failed)
-    assert len(list(ET.fromstring(outputs["junit.xml"]).iter("testcase"))) == 8
+    assert (report["summary"]["total"], report["summary"]["failed"]) == (11, failed)
+    assert len(list(ET.fromstring(outputs["junit.xml"]).iter("testcase"))) == 11
     assert "Contact centre status is up" in outputs["report.html"]
     assert (run.root / "out" / "cxtest.db").is_file()
 

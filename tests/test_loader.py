@@ -228,7 +228,7 @@ def test_unknown_channel_suggests_the_close_one() -> None:
 def test_channel_that_is_not_text_is_reported_once() -> None:
     """`channel: 5` is one problem listing the channels, not also "expected text"."""
     text = "name: x\nchannel: 5\n" + ONE_STEP
-    assert problems_in(text) == ["bad.yaml:2:10 channel: unknown channel 5; expected one of: chat, http, ivr"]
+    assert problems_in(text) == ["bad.yaml:2:10 channel: unknown channel 5; expected one of: chat, http, ivr, web"]
 
 
 # --------------------------------------------------------------------------- substitutions

@@ -9,6 +9,8 @@
 - a chatbot (``/bot/rest``, ``/webhooks/rest/webhook``, websocket ``/bot/ws``):
   the rules in :mod:`cxtest.sandbox.bot`, spoken in three protocol shapes, and
   failure words (``silence``, ``html``, ``badjson``, ``close``) that make it misbehave on the wire;
+- a website (``/site/``, ``/api/contact``): help pages, a contact form and a chat
+  widget, in :mod:`cxtest.sandbox.site`;
 - an HTML index (``/``) listing every endpoint.
 
 The app is assembled from *components*: each component is a function taking the
@@ -414,8 +416,18 @@ def bot_component(state: SandboxState) -> list[Endpoint]:
     ]
 
 
+# ------------------------------------------------------------------------- site
+
+
+def site_component(state: SandboxState) -> list[Endpoint]:
+    # Imported here, not at the top: cxtest.sandbox.site builds on this module's Endpoint.
+    from cxtest.sandbox.site import site_component as website
+
+    return website(state)
+
+
 #: Components assembled by :func:`create_app`, in index-page order.
-COMPONENTS: list[Component] = [api_component, admin_component, hooks_component, bot_component]
+COMPONENTS: list[Component] = [api_component, admin_component, hooks_component, bot_component, site_component]
 
 
 def _index_page(endpoints: list[Endpoint], state: SandboxState) -> str:
