@@ -672,7 +672,7 @@ class _Transcriber:
     BARGE_IN_PIECE_S = 1.0
     PRE_ROLL_S = 0.25  # voice activity is detected a little after the first syllable starts
     CONTEXT_S = 1.0  # a short last sentence ("press 3") is misheard without the words before it
-    LEAD_IN = bytes(2 * 8000 * 3 // 10)  # 300 ms of silence before each piece: whisper hears onsets better
+    LEAD_IN = bytes(2 * 8000 * 3 // 10)  # 300 ms of silence before the first piece: whisper hears its onset better
     EVERY_S = 0.3  # how often to look for a pause: the look costs ~20 µs per 20 ms of the piece
 
     def __init__(self, engine: asyncio.Future, recording: Any, barge_in: bool = False):
@@ -708,8 +708,10 @@ class _Transcriber:
             start = self._pause_near(self.cut_at - self.CONTEXT_S)
         else:
             start = self.cut_at - self.PRE_ROLL_S
-        pcm = self.LEAD_IN + self.recording.pcm(start=start, end=cut)
-        lead = len(self.LEAD_IN) / 16000
+        # Silence before a later piece's context made tiny.en hear "2.0. 2.0. 2.0." before "...an agent, press 0".
+        lead_in = b"" if self.pieces else self.LEAD_IN
+        pcm = lead_in + self.recording.pcm(start=start, end=cut)
+        lead = len(lead_in) / 16000
         keep_from = 0.0 if not self.pieces else lead + (self.cut_at - start)
         task = asyncio.ensure_future(self._transcribe(pcm))
         self.pieces.append(_Piece(start - lead, keep_from, task))
