@@ -391,11 +391,17 @@ class IvrSession:
             if heard is None:
                 return self._not_heard(step, begin)
             started, ended, still_playing = heard
-            transcript = await transcriber.finish(started, ended)
+            pcm = call.media.recording.pcm(start=started, end=ended)
+            early = self._fit_early(step, pcm, transcriber.text_so_far())
+            try:
+                transcript = await transcriber.finish(started, ended)
+            except BaseException:
+                if early is not None:
+                    early.cancel()
+                raise
         finally:
             transcriber.cancel()
-        pcm = call.media.recording.pcm(start=started, end=ended)
-        score, wording, fit = await self._match(step, pcm, transcript.text)
+        score, wording, fit = await self._match(step, pcm, transcript.text, early)
         measures = {
             "prompt_latency": started - begin,
             "prompt_duration": ended - started,
@@ -468,12 +474,29 @@ class IvrSession:
         evidence = {} if matched else {"expected": " | ".join(step.wordings), "heard": transcript.text}
         return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
 
-    async def _match(self, step: ExpectPrompt, pcm: bytes, heard: str) -> tuple[float, str, Any]:
+    def _fit_early(self, step: ExpectPrompt, pcm: bytes, so_far: str) -> asyncio.Future | None:
+        """Fitting started beside the last piece's transcription, when nothing of it is needed: for a whole prompt,
+        or when the expected words are already in what was transcribed (the words before them are then known)."""
+        from probes.voice import speech
+
+        engine = self._speech_engine()
+        if not engine.done() or engine.exception() is not None or not hasattr(engine.result(), "fit"):
+            return None
+        if not step.whole and not all(speech.contains_similarity(w, so_far) >= step.min_confidence for w in step.wordings):
+            return None
+        return asyncio.ensure_future(asyncio.to_thread(engine.result().fit, pcm, step.wordings, so_far, step.whole))
+
+    async def _match(self, step: ExpectPrompt, pcm: bytes, heard: str, early: asyncio.Future | None = None) -> tuple[float, str, Any]:
         """(score, the wording scored best, its Fit or None): the expected words fitted to the audio where the
         engine can (whisper), else the transcript's similarity to them."""
 
         engine = await asyncio.shield(self._speech_engine())
-        fits = await asyncio.to_thread(engine.fit, pcm, step.wordings, heard, step.whole) if hasattr(engine, "fit") else []
+        if early is not None:
+            fits = await early
+        elif hasattr(engine, "fit"):
+            fits = await asyncio.to_thread(engine.fit, pcm, step.wordings, heard, step.whole)
+        else:
+            fits = []
         if fits:
             best = max(fits, key=lambda fit: fit.score)
             return best.score, best.expected, best

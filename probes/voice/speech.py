@@ -198,9 +198,9 @@ class WhisperEngine:
     no VAD filter: the caller cut the prompt out already. faster-whisper's fallback to
     sampling at higher temperatures when greedy decoding looks wrong stays on: without
     it, a prompt in noise came out as "3, 4, 3, 4, ..." over and over. WhisperModel is safe to call
-    from several threads: CTranslate2 queues concurrent calls to its one worker, so
-    they give the words they give one at a time, and take as long. threads=2 makes one
-    call about 20% faster on two cores.
+    from several threads: CTranslate2 runs one call per worker (one per core here) and
+    queues the rest. threads=2 makes one call about 20% faster on two cores, but two
+    calls side by side on one thread each finish sooner than one after the other.
     """
 
     name = "whisper"
@@ -211,7 +211,11 @@ class WhisperEngine:
         os.environ["HF_HUB_OFFLINE"] = "1"
         from faster_whisper import WhisperModel  # imports CTranslate2 and onnxruntime: only when whisper is used
 
-        self._model = WhisperModel(str(self.model_path), device="cpu", compute_type="int8", cpu_threads=threads)
+        # One worker per core: calls transcribing at the same moment (their prompts end together) go side by side,
+        # not one after the other (bench/ivr_concurrency.py: two calls' steps ended ~0.9 s late with one worker).
+        self._model = WhisperModel(
+            str(self.model_path), device="cpu", compute_type="int8", cpu_threads=threads, num_workers=max(1, os.cpu_count() or 1)
+        )
         self._vocabulary = _Vocabulary(self._model.hf_tokenizer)  # ~0.9 s: paid here, with the model, not by the first fit
 
     def transcribe(self, pcm: bytes) -> Transcript:
