@@ -27,11 +27,11 @@ from probes.chat.model import ChatStep
 from servers import ThreadedServer
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "botium"  # botium-core's own test convos (MIT), beside the repository
+SAMPLES = Path(__file__).parent / "data" / "botium"  # botium-core's own test convos (MIT, its LICENSE beside them)
 CONVOS = SAMPLES / "test" / "convo" / "convos"
 CXTEST = Path(sys.executable).with_name("cxtest")
 STEP = TypeAdapter(ChatStep)
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"the Botium samples are not at {SAMPLES}")
+
 
 
 def write(folder: Path, files: dict[str, str]) -> Path:
@@ -65,7 +65,6 @@ def simplerest(url: str, **caps: Any) -> str:
 # --------------------------------------------------------------------------- the samples
 
 
-@needs_samples
 def test_every_sample_converts_and_loads_with_the_chat_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each Botium sample folder converts without a crash and every scenario written loads with cxtest's own loader."""
     monkeypatch.chdir(tmp_path)
@@ -85,7 +84,6 @@ def test_every_sample_converts_and_loads_with_the_chat_loader(tmp_path: Path, mo
     assert loaded == converted > 60
 
 
-@needs_samples
 def test_me_and_bot_sections_become_user_and_bot_steps_with_negation_and_escapes() -> None:
     """Multi-line texts stay whole, `!` is `not:`, `!!` and `??` stand for the character, a #begin/#end frame adds nothing."""
     compiler = convert_folder(SAMPLES / "test" / "compiler" / "convos" / "txt")
@@ -102,7 +100,6 @@ def test_me_and_bot_sections_become_user_and_bot_steps_with_negation_and_escapes
     assert steps(convos, "2 steps neg (2stepsneg)")[1] == {"bot": {"not": {"contains": "Hugo"}}}
 
 
-@needs_samples
 def test_an_optional_bot_step_is_reported_unless_botium_would_require_it_anyway() -> None:
     """`?` before another bot step is left out and reported at its line; before #me or at the end Botium requires it, so do we."""
     convos = convert_folder(CONVOS)
@@ -112,7 +109,6 @@ def test_an_optional_bot_step_is_reported_unless_botium_would_require_it_anyway(
     assert steps(convos, "2 steps neg (2stepsoptneg)")[1] == {"bot": {"not": {"contains": "Hugo"}}}
 
 
-@needs_samples
 def test_partial_convos_are_included_recursively_where_they_are_named() -> None:
     """INCLUDE and #include sections insert a partial convo's steps (its own includes too), as often as named."""
     partials = CONVOS / "partialconvo"
@@ -128,7 +124,6 @@ def test_partial_convos_are_included_recursively_where_they_are_named() -> None:
     assert {"user": "123456"} in steps(memory, "Main")  # SET_SCRIPTING_MEMORY password|123456 in #begin, $password in the partial
 
 
-@needs_samples
 @pytest.mark.parametrize(
     ("folder", "expected"),
     [
@@ -145,14 +140,12 @@ def test_broken_partial_convos_are_located_problems_not_crashes(folder: str, exp
     assert expected in problems(convert_folder(CONVOS / "partialconvo" / folder))
 
 
-@needs_samples
 def test_a_partial_convo_defined_twice_is_reported_at_the_second_file() -> None:
     """Partial convo names are one namespace per folder, as in Botium: the second definition is refused where it stands."""
     found = problems(convert_folder(CONVOS / "partialconvo" / "duplicatepconvo"))
     assert any(p.startswith("pconvosecond.pconvo.txt:1 : partial convo 'pconvo' is defined twice") for p in found)
 
 
-@needs_samples
 def test_an_utterance_list_in_me_gives_one_scenario_per_utterance() -> None:
     """A #me naming UTT_AFFIRMATIVE (in an included partial) expands into a scenario per utterance; a #bot naming one accepts any."""
     expanded = convert_folder(CONVOS / "partialconvo" / "withutterances")
@@ -175,7 +168,6 @@ def test_utterance_expansion_mode_first_keeps_the_first_utterance(tmp_path: Path
     assert [s.name for s in conversion.scenarios] == ["greet/GREET-L1-hello there"]
 
 
-@needs_samples
 def test_scripting_memory_is_saved_from_the_bot_and_sent_back() -> None:
     """`$myvar` in a #bot text is captured by a regex save; `$myvar` in a later #me is the `{{ myvar }}` template."""
     convos = convert_folder(CONVOS)
