@@ -50,17 +50,15 @@ mean nothing).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server_process import ServerProcess
+from server_process import ServerProcess, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "demo" / "chat_balance.yaml"
@@ -213,32 +211,19 @@ class BenchError(Exception):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the bench dies, even by SIGKILL (Linux prctl)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
 
 class Sandbox(ServerProcess):
     """The sandbox app alone (no IVR: `cxtest sandbox` would also bind SIP port 5080), one uvicorn worker."""
 
     def __init__(self) -> None:
-        port = _free_port()
+        port = free_port()
         serve = "import sys; from cxtest.sandbox.server import serve; serve('127.0.0.1', int(sys.argv[1]))"
         super().__init__(
             [sys.executable, "-c", serve, str(port)],
             f"http://127.0.0.1:{port}",
             ready_path=STATUS_PATH,
             name="sandbox",
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             start_timeout=SANDBOX_START_TIMEOUT_S,
             stop_timeout=SANDBOX_STOP_TIMEOUT_S,
             error=BenchError,
@@ -366,7 +351,7 @@ def run_locust(users: int, seconds: int, folder: Path, sandbox: Sandbox) -> Side
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, cwd=folder, env=env,  # cwd: no locust.conf picked up
-            timeout=seconds + LOCUST_SPARE_S, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            timeout=seconds + LOCUST_SPARE_S, preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
     except subprocess.TimeoutExpired:
         raise BenchError(f"locust did not finish within {seconds + LOCUST_SPARE_S:g}s") from None

@@ -38,7 +38,6 @@ import contextlib
 import gc
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server_process import ServerProcess
+from server_process import ServerProcess, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = 50.0
@@ -69,25 +68,12 @@ schedule: {{ every: {every}s, jitter: {jitter}s }}
 # --------------------------------------------------------------------------- the sandbox (child process)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the bench dies, even by SIGKILL (Linux prctl)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
 
 class SandboxProcess(ServerProcess):
     """`cxtest sandbox --port N` in its own process; always stopped by its pid, even on errors."""
 
     def __init__(self) -> None:
-        port = _free_port()
+        port = free_port()
         script = Path(sys.executable).parent / "cxtest"
         command = (
             [str(script), "sandbox", "--port", str(port)]
@@ -99,7 +85,7 @@ class SandboxProcess(ServerProcess):
             f"http://127.0.0.1:{port}",
             ready_path=STATUS_PATH,
             name="sandbox",
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             start_timeout=SANDBOX_START_TIMEOUT_S,
             stop_timeout=SANDBOX_STOP_TIMEOUT_S,
             error=BenchError,
