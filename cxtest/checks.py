@@ -17,9 +17,9 @@ from pydantic import BeforeValidator, model_validator
 from cxtest.model import CheckResult, Frozen, Levels, Outcome, format_duration
 
 # Measures where a smaller value is worse; every other measure is worse when larger.
-HIGHER_IS_BETTER = frozenset({"tls_days_left", "mos", "confidence", "similarity", "level"})
+HIGHER_IS_BETTER = frozenset({"tls_days_left", "mos", "quality", "confidence", "similarity", "level"})
 SECONDS = frozenset(
-    {"latency", "duration", "ttfb", "dom_content_loaded", "load", "time_to_answer", "post_dial_delay", "time_to_first_audio", "prompt_duration", "dead_air", "jitter"}
+    {"latency", "duration", "ttfb", "dom_content_loaded", "load", "time_to_answer", "post_dial_delay", "time_to_first_audio", "prompt_duration", "greeting_duration", "dead_air", "jitter"}
 )
 
 ABSENT = object()

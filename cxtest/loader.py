@@ -449,12 +449,23 @@ def _scenario_model(channel: str) -> type[Scenario]:
     from probes import probe_class
 
     probe = probe_class(channel)
+    # A probe that expands a scenario (one per phone number) writes the steps itself.
+    steps = PydanticField(()) if hasattr(probe, "expand") else PydanticField(min_length=1)
     return create_model(
         f"{channel.title()}Scenario",
         __base__=Scenario,
         target=(probe.target_model, ...),
-        steps=(tuple[probe.step_model, ...], PydanticField(min_length=1)),
+        steps=(tuple[probe.step_model, ...], steps),
+        **getattr(probe, "scenario_fields", {}),
     )
+
+
+def expand_scenario(scenario: Scenario) -> list[Scenario]:
+    """The scenarios one loaded scenario stands for: itself, or one per number of a phone inventory (ScenarioError)."""
+    from probes import probe_class
+
+    expand = getattr(probe_class(scenario.channel), "expand", None)
+    return expand(scenario) if expand else [scenario]
 
 
 def _display(path: Path) -> str:
@@ -505,7 +516,7 @@ def _scenario_from(doc: _Document, data: Any, scenario_id: str, project: Project
 
     values = dict(data)
     defaults = project.defaults
-    for key in ("timeout", "step_timeout", "retries", "alert"):
+    for key in ("timeout", "step_timeout", "retries", "retry_delay", "alert"):
         default = getattr(defaults, key)
         if key not in values and default is not None:
             values[key] = default
@@ -602,20 +613,22 @@ def load_scenarios(paths: Iterable[Path], project: Project | None = None) -> tup
     by_id: dict[str, tuple[str, int, int]] = {}
     for load in loads:
         try:
-            scenario, doc = load()
+            loaded, doc = load()
+            expanded = expand_scenario(loaded)
         except ScenarioError as exc:
             problems.extend(exc.problems)
             continue
-        for table, key, what in ((by_name, scenario.name, "name"), (by_id, scenario.id, "id")):
-            # An id derived from the path has no key in the file: the mapping's start stands in.
-            here = (doc.file, *doc.position((what,), at_key=True))
-            other = table.get(key)
-            if other is not None:
-                where = ":".join(map(str, other))
-                problems.append(Problem(*here, what, f"duplicate scenario {what} '{key}' (also in {where})"))
-            else:
-                table[key] = here
-        scenarios.append(scenario)
+        for scenario in expanded:
+            for table, key, what in ((by_name, scenario.name, "name"), (by_id, scenario.id, "id")):
+                # An id derived from the path has no key in the file: the mapping's start stands in.
+                here = (doc.file, *doc.position((what,), at_key=True))
+                other = table.get(key)
+                if other is not None:
+                    where = ":".join(map(str, other))
+                    problems.append(Problem(*here, what, f"duplicate scenario {what} '{key}' (also in {where})"))
+                else:
+                    table[key] = here
+            scenarios.append(scenario)
     if problems:
         raise ScenarioError(problems)
     return project, scenarios

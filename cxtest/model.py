@@ -214,6 +214,7 @@ class Scenario(Frozen):
     timeout: Duration = 60.0
     step_timeout: Duration = 10.0
     retries: int = Field(0, ge=0, le=10)
+    retry_delay: Duration = 0.0  # wait between a failed attempt and its retry
     source: Source = Source(file="<memory>")
 
 
@@ -247,6 +248,7 @@ class Defaults(Frozen):
     timeout: Duration | None = None
     step_timeout: Duration | None = None
     retries: int | None = Field(None, ge=0, le=10)
+    retry_delay: Duration | None = None
 
 
 class MonitorSettings(Frozen):

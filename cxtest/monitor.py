@@ -190,6 +190,22 @@ class Monitor:
             if scenario.channel not in self._caps:
                 self._caps[scenario.channel] = asyncio.Semaphore(self.project.monitor.caps.get(scenario.channel, 50))
 
+    def _admission(self, scenario: Scenario) -> Any:
+        """The channel's cap, then the probe's own admission (call pacing) if it has one: a fresh context per attempt."""
+        cap = self._caps[scenario.channel]
+        admission = getattr(self.runner.probe(scenario.channel), "admission", None)
+
+        @contextlib.asynccontextmanager
+        async def admit() -> Any:
+            async with cap:
+                if admission is None:
+                    yield
+                else:
+                    async with admission(scenario):
+                        yield
+
+        return admit
+
     def _trigger(self, scenario: Scenario) -> Any:
         schedule = scenario.schedule
         assert schedule is not None
@@ -229,13 +245,13 @@ class Monitor:
         assert task is not None
         self._inflight.add(task)
         try:
-            async with self._caps[scenario.channel]:
-                result = await self.runner.run_scenario(scenario)
-                confirm = policy_of(scenario).confirm_after
-                if confirm is not None and result.outcome in FAILING:
-                    self._submit(scenario, result, judge=False)
-                    await asyncio.sleep(confirm)
-                    result = await self.runner.run_scenario(scenario)
+            admit = self._admission(scenario)
+            result = await self.runner.run_scenario(scenario, admit=admit)
+            confirm = policy_of(scenario).confirm_after
+            if confirm is not None and result.outcome in FAILING:
+                self._submit(scenario, result, judge=False)
+                await asyncio.sleep(confirm)  # holding no slot
+                result = await self.runner.run_scenario(scenario, admit=admit)
             self._submit(scenario, result)
         except asyncio.CancelledError:
             self._submit(scenario, _stopped_result(scenario, self.location, now), judge=False)

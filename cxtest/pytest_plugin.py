@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cxtest.errors import ScenarioError
-from cxtest.loader import PROJECT_FILE, SCENARIO_SUFFIXES, find_project_file, load_project, load_scenario
+from cxtest.loader import PROJECT_FILE, SCENARIO_SUFFIXES, expand_scenario, find_project_file, load_project, load_scenario
 from cxtest.model import Outcome, Project, Result, format_duration
 
 _TOP_LEVEL = re.compile(r"^(channel|steps)\s*:", re.MULTILINE)
@@ -61,13 +61,14 @@ class ScenarioItem(pytest.Item):
 
         try:
             project = _project(self.config, self.path)
-            scenario = load_scenario(self.path, project)
+            scenarios = expand_scenario(load_scenario(self.path, project))
         except ScenarioError as exc:
             raise ScenarioFailed("\n".join(str(p) for p in exc.problems)) from None
-        [result] = run([scenario], project)
-        self.user_properties.append(("outcome", result.outcome.value))
-        if result.outcome in (Outcome.failed, Outcome.error):
-            raise ScenarioFailed(describe_failure(result))
+        results = run(scenarios, project)  # one, or one per number of a phone inventory
+        worst = Outcome.worst([r.outcome for r in results])
+        self.user_properties.append(("outcome", worst.value))
+        if worst in (Outcome.failed, Outcome.error):
+            raise ScenarioFailed("\n".join(describe_failure(r) for r in results if r.outcome in (Outcome.failed, Outcome.error)))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ScenarioFailed):

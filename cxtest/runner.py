@@ -15,6 +15,7 @@ import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,15 +88,26 @@ class Runner:
         on_start: Callable[[Scenario], None] | None = None,
         on_result: ResultHook | None = None,
     ) -> list[Result]:
-        """Every scenario, at most `concurrency` at once; results saved before this returns."""
+        """Every scenario, at most `concurrency` at once; results saved before this returns.
+
+        A probe with an `admission(scenario)` (an async context manager) admits its runs itself
+        instead: the phone probe paces call attempts and caps calls per trunk.
+        """
         limit = asyncio.Semaphore(self.concurrency)
         writer = _BatchWriter(self.store) if self.store is not None else None
 
         async def one(scenario: Scenario) -> Result:
-            async with limit:
-                if on_start:
+            admission = getattr(self.probe(scenario.channel), "admission", None)
+            admit = (lambda: admission(scenario)) if admission else (lambda: limit)
+            started = False
+
+            def starting() -> None:
+                nonlocal started
+                if on_start and not started:
                     on_start(scenario)
-                result = await self.run_scenario(scenario)
+                started = True
+
+            result = await self.run_scenario(scenario, admit=admit, on_attempt=starting)
             if writer:
                 writer.add(result)
             if on_result:
@@ -112,18 +124,44 @@ class Runner:
 
     # ----------------------------------------------------------------- one
 
-    async def run_scenario(self, scenario: Scenario) -> Result:
-        """One scenario with its retries; a pass after a failed attempt is marked flaky."""
+    async def run_scenario(
+        self,
+        scenario: Scenario,
+        *,
+        admit: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        on_attempt: Callable[[], None] | None = None,
+    ) -> Result:
+        """One scenario with its retries, `retry_delay` apart; a pass after a failed attempt is marked flaky.
+
+        Each attempt runs inside `admit()` (a concurrency slot), which the scenario's clock does
+        not count; the delay between attempts holds no slot, so a retest waiting minutes leaves
+        its place to other runs.
+        """
         attempt = 1
-        result = await self._attempt(scenario, attempt)
+        result = await self._attempt_in(scenario, attempt, admit, on_attempt)
         while result.outcome in (Outcome.failed, Outcome.error) and attempt <= scenario.retries:
             attempt += 1
-            log.info("retrying", scenario=scenario.id, attempt=attempt, after=result.message)
-            result = await self._attempt(scenario, attempt)
+            log.info("retrying", scenario=scenario.id, attempt=attempt, after=result.message, delay=scenario.retry_delay)
+            await asyncio.sleep(scenario.retry_delay)
+            result = await self._attempt_in(scenario, attempt, admit, on_attempt)
         if attempt == 1:
             return result
         flaky = result.outcome in (Outcome.passed, Outcome.degraded)
         return replace(result, attempts=attempt, flaky=flaky)
+
+    async def _attempt_in(
+        self,
+        scenario: Scenario,
+        attempt: int,
+        admit: Callable[[], AbstractAsyncContextManager[Any]] | None,
+        on_attempt: Callable[[], None] | None,
+    ) -> Result:
+        if admit is None:
+            return await self._attempt(scenario, attempt)
+        async with admit():
+            if on_attempt:
+                on_attempt()
+            return await self._attempt(scenario, attempt)
 
     async def _attempt(self, scenario: Scenario, attempt: int) -> Result:
         folder = self.artifacts_root / self.run_id / _slug(scenario.id)

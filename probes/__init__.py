@@ -16,6 +16,7 @@ BUILT_IN = {
     "ivr": "probes.ivr:IvrProbe",
     "chat": "probes.chat:ChatProbe",
     "web": "probes.web:WebProbe",
+    "phone": "probes.phone:PhoneProbe",
 }
 
 

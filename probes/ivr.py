@@ -199,6 +199,9 @@ IvrStep = Annotated[
 class IvrSession:
     """One call through the IVR: placed on the first step, hung up when the run ends."""
 
+    far_end = "the IVR"  # who ends calls, in messages
+    heard_as = "prompt"  # what expect_prompt listens for, in messages and its check's name
+
     def __init__(self, probe: IvrProbe, scenario: Scenario, ctx: RunContext):
         self.probe, self.scenario, self.ctx = probe, scenario, ctx
         self.target: IvrTarget = scenario.target
@@ -290,7 +293,7 @@ class IvrSession:
             ended.cancel()
         if not task.done():
             task.cancel()
-            raise StepFailed(f"the IVR ended the call ({call.end_reason}) {self._since_answer()}")
+            raise StepFailed(f"{self.far_end} ended the call ({call.end_reason}) {self._since_answer()}")
         return task.result()
 
     def _since_answer(self) -> str:
@@ -429,13 +432,13 @@ class IvrSession:
             if fit is not None and fit.worst():
                 text += f"; fitting worst: {fit.worst()}"
         if still_playing:
-            text += f"; the prompt was still playing at the step timeout ({timeout:g}s)"
+            text += f"; the {self.heard_as} was still playing at the step timeout ({timeout:g}s)"
         elif call.is_over:
-            text += f"; the IVR ended the call ({call.end_reason}) during the prompt"
+            text += f"; {self.far_end} ended the call ({call.end_reason}) during the {self.heard_as}"
         outcome = Outcome.passed if matched else (Outcome.passed if step.optional else Outcome.failed)
         if step.optional and not matched:
-            text = f"optional prompt not heard: {text}"
-        checks = [CheckResult("prompt", outcome, wording, transcript.text, text)]
+            text = f"optional {self.heard_as} not heard: {text}"
+        checks = [CheckResult(self.heard_as, outcome, wording, transcript.text, text)]
         if step.reference is not None:
             mos_check = await self._mos(step, pcm, measures)
             if mos_check is not None:
@@ -542,23 +545,23 @@ class IvrSession:
     def _not_heard(self, step: ExpectPrompt, begin: float) -> Observation:
         call = self.call
         if call.is_over:
-            text = f"the IVR ended the call ({call.end_reason}) before a prompt {self._since_answer()}"
+            text = f"{self.far_end} ended the call ({call.end_reason}) before a {self.heard_as} {self._since_answer()}"
         else:
             from probes.voice import analysis
 
             pcm = call.media.recording.pcm(start=begin)
             sound = analysis.sound_frames(pcm).any() if pcm else False
             what = "only non-speech audio (music or tones)" if sound else "silence"
-            text = f"no prompt started within {step.within:g}s: {what}"
+            text = f"no {self.heard_as} started within {step.within:g}s: {what}"
         measures = {}
         if not call.is_over:
             gaps = analysis.dead_air(pcm, threshold_ms=int(self.target.dead_air * 1000))
             if gaps:
                 measures["dead_air"] = max(end - start for start, end in gaps)
         if step.optional:
-            check = CheckResult("prompt", Outcome.passed, step.wordings, None, f"optional prompt not heard: {text}")
+            check = CheckResult(self.heard_as, Outcome.passed, step.wordings, None, f"optional {self.heard_as} not heard: {text}")
         else:
-            check = CheckResult("prompt", Outcome.failed, step.wordings, None, text)
+            check = CheckResult(self.heard_as, Outcome.failed, step.wordings, None, text)
         return Observation(checks=(check,), measures=measures)
 
     async def _listen(self, step: ExpectPrompt, timeout: float, transcriber: _Transcriber) -> tuple[float, float, bool] | None:

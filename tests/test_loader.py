@@ -184,7 +184,7 @@ def test_unknown_key_without_close_match_lists_the_keys_a_user_may_write() -> No
     """With no close match the allowed keys are listed, without keys the loader fills in itself (source)."""
     assert problems_in(GOOD + "owner: billing-team\n") == [
         "bad.yaml:6:1 owner: unknown key 'owner'; expected one of: alert, channel, description, id, name,"
-        " retries, schedule, step_timeout, steps, tags, target, thresholds, timeout"
+        " retries, retry_delay, schedule, step_timeout, steps, tags, target, thresholds, timeout"
     ]
 
 
@@ -228,7 +228,7 @@ def test_unknown_channel_suggests_the_close_one() -> None:
 def test_channel_that_is_not_text_is_reported_once() -> None:
     """`channel: 5` is one problem listing the channels, not also "expected text"."""
     text = "name: x\nchannel: 5\n" + ONE_STEP
-    assert problems_in(text) == ["bad.yaml:2:10 channel: unknown channel 5; expected one of: chat, http, ivr, web"]
+    assert problems_in(text) == ["bad.yaml:2:10 channel: unknown channel 5; expected one of: chat, http, ivr, phone, web"]
 
 
 # --------------------------------------------------------------------------- substitutions
@@ -414,7 +414,7 @@ def test_every_problem_in_a_file_is_reported_sorted_by_line() -> None:
     """
     assert problems_in(text) == [
         "bad.yaml:1:1 zzz: unknown key 'zzz'; expected one of: alert, channel, description, id, name,"
-        " retries, schedule, step_timeout, steps, tags, target, thresholds, timeout",
+        " retries, retry_delay, schedule, step_timeout, steps, tags, target, thresholds, timeout",
         "bad.yaml:5:10 retries: expected a whole number, got 'many'",
         "bad.yaml:8:14 steps[0].expect.stauts: unknown key 'stauts'; did you mean 'status'?",
         "bad.yaml:9:10 timeout: bad duration '5 sec': use a number with ms, s, m or h, e.g. 1.5s",
@@ -500,10 +500,12 @@ def test_values_in_the_file_win_over_project_defaults() -> None:
 
 
 def test_the_demo_scenarios_load() -> None:
-    """The shipped demo scenarios are valid."""
+    """The shipped demo scenarios are valid: one scenario per file, or per number of a phone inventory."""
     demo = Path(__file__).resolve().parents[1] / "scenarios" / "demo"
     _, scenarios = load_scenarios([demo])
-    assert len(scenarios) == len(list(demo.glob("*.yaml")))
+    assert {s.source.file for s in scenarios} == {str(p) for p in demo.glob("*.yaml")}
+    numbers = [s for s in scenarios if s.channel == "phone"]
+    assert numbers and len(scenarios) - len(numbers) == len(list(demo.glob("*.yaml"))) - len({s.source.file for s in numbers})
 
 
 # --------------------------------------------------------------------------- cxtest validate

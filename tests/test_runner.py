@@ -237,6 +237,40 @@ async def test_errors_are_retried_too_and_passes_are_not(runner_for) -> None:
     assert (passed.attempts, passed.flaky, len(FakeProbe.calls)) == (1, False, 1)
 
 
+async def test_retry_waits_retry_delay_without_holding_a_slot(runner_for) -> None:
+    """A retry starts `retry_delay` after the failed attempt, and meanwhile another run takes the only slot."""
+    scenarios = [fake("flaky", id="fake/flaky", retries=1, retry_delay=0.3), fake({"do": "sleep", "seconds": 0.1}, id="fake/other")]
+    started = time.perf_counter()
+    async with runner_for(concurrency=1) as runner:
+        flaky, other = await runner.run_many(scenarios)
+    assert (flaky.outcome, flaky.attempts, flaky.flaky) == (Outcome.passed, 2, True)
+    assert time.perf_counter() - started >= 0.3
+    assert [(c[0], c[2]) for c in FakeProbe.calls] == [(1, "flaky"), (1, "sleep"), (2, "flaky")]  # the other ran in the delay
+
+
+async def test_a_probe_admission_replaces_the_runner_limit(runner_for) -> None:
+    """A probe with admission(scenario) admits its own runs: the runner's concurrency does not cap them, the admission does."""
+    admitted: list[str] = []
+    gate = asyncio.Semaphore(4)
+
+    @asynccontextmanager
+    async def admission(scenario: Scenario):
+        async with gate:
+            admitted.append(scenario.id)
+            yield
+
+    FakeProbe.admission = staticmethod(admission)
+    try:
+        scenarios = [fake({"do": "sleep", "seconds": 0.05}, id=f"fake/{i}") for i in range(8)]
+        async with runner_for(concurrency=1) as runner:
+            results = await runner.run_many(scenarios)
+    finally:
+        del FakeProbe.admission
+    assert FakeProbe.peak == 4
+    assert sorted(admitted) == sorted(s.id for s in scenarios)
+    assert all(r.outcome is Outcome.passed for r in results)
+
+
 async def test_retry_artifacts_go_to_their_own_folder(runner_for, tmp_path: Path) -> None:
     """A retry keeps its evidence under attempt-N, so the first attempt's evidence is not overwritten."""
     result = await run_one(runner_for(), fake("crash", retries=1))

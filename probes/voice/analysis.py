@@ -548,3 +548,27 @@ def pesq_mos(reference_pcm: bytes, degraded_pcm: bytes) -> float | None:
         return float(pesq.pesq(SAMPLE_RATE, reference, degraded, "nb"))
     except pesq.PesqError as exc:  # no utterances found, too short
         raise ValueError(f"PESQ could not compare the audio: {exc}") from exc
+
+
+# =========================================================================== E-model
+# ITU-T G.107's E-model, reduced to what a G.711 call we received tells us: no library on
+# PyPI implements it in a kept-up form, and for G.711 it is a few lines. The delay impairment
+# uses the jitter buffer a receiver would need (twice the jitter, plus a 10 ms frame); the
+# network's one-way delay is unknown to a receiver, so it is left out.
+
+_R_DEFAULT = 93.2  # G.107 with every default parameter
+_G711_BPL = 25.1  # packet-loss robustness of G.711 with packet loss concealment (G.113 Appendix I)
+
+
+def estimated_mos(loss_fraction: float, jitter_s: float, delay_s: float = 0.0) -> float:
+    """Estimated MOS-CQE (1-4.41) of a G.711 call with this random packet loss and jitter (ITU-T G.107)."""
+    delay_ms = 1000 * (delay_s + 2 * jitter_s) + 10
+    impairment_delay = 0.024 * delay_ms + (0.11 * (delay_ms - 177.3) if delay_ms > 177.3 else 0.0)
+    loss_percent = 100 * max(0.0, min(1.0, loss_fraction))
+    impairment_loss = 95 * loss_percent / (loss_percent + _G711_BPL)
+    r = _R_DEFAULT - impairment_delay - impairment_loss
+    if r <= 0:
+        return 1.0
+    if r >= 100:
+        return 4.5
+    return 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
