@@ -150,7 +150,7 @@ class InventoryRow(Frozen):
             raise ValueError(f"bad number {value!r}: digits, maybe with a leading +, as dialled")
         return text
 
-    @field_validator("name", "expected_greeting", "expect", "max_pdd", "min_quality", mode="before")
+    @field_validator("expected_greeting", "expect", "max_pdd", "min_quality", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -251,18 +251,17 @@ def expand(scenario: Scenario) -> list[Scenario]:
         if not isinstance(data, dict):
             problems.append(Problem(shown, line, 1, "", f"a row is a mapping (number: ..., expect: ...), got {data!r}"))
             continue
+        number = str(data.get("number", "")).strip()
+        if number and number in seen:
+            problems.append(Problem(shown, line, 1, "number", f"{number} is listed twice (also on line {seen[number]})"))
+            continue
+        seen[number] = line
         try:
-            row = InventoryRow.model_validate(data)
+            rows.append((line, InventoryRow.model_validate({k: v for k, v in data.items() if v is not None})))
         except ValidationError as exc:
             for error in exc.errors():
                 field = ".".join(str(part) for part in error["loc"])
                 problems.append(Problem(shown, line, 1, field, error["msg"].removeprefix("Value error, ")))
-            continue
-        if row.number in seen:
-            problems.append(Problem(shown, line, 1, "number", f"{row.number} is listed twice (also on line {seen[row.number]})"))
-            continue
-        seen[row.number] = line
-        rows.append((line, row))
     if not rows and not problems:
         problems.append(Problem(shown, 1, 1, "", "the inventory lists no numbers"))
     if problems:
