@@ -12,7 +12,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.table import Table
 from cxtest import logs
 from cxtest.errors import ScenarioError, StoreError
 from cxtest.model import Outcome, Project, Result, Scenario, format_duration
+
+if TYPE_CHECKING:
+    from cxtest.reports.phone import InventorySummary
 
 app = typer.Typer(
     name="cxtest",
@@ -128,16 +131,16 @@ def run(
     if not scenarios:
         console.print(f"no scenario has tag(s) {', '.join(tag or [])}", style="red")
         raise typer.Exit(EXIT_USAGE)
-    results = execute(
+    results, previous = execute(
         project,
         scenarios,
         concurrency=concurrency,
         store=None if no_store else _open_store(project, store),
         show_progress=not quiet and json_report != Path("-"),
     )
-    write_reports(results, junit=junit, json_report=json_report, html=html)
+    write_reports(results, junit=junit, json_report=json_report, html=html, previous=previous)
     if json_report != Path("-"):
-        summarize(results, table=not quiet)
+        summarize(results, table=not quiet, previous=previous)
     raise typer.Exit(exit_code(results))
 
 
@@ -159,7 +162,7 @@ def baseline(
     if not scenarios:
         console.print("no IVR scenario to record a baseline from", style="red")
         raise typer.Exit(EXIT_USAGE)
-    results = execute(project, scenarios, store=None)
+    results, _ = execute(project, scenarios, store=None)
     table = Table("scenario", "prompts recorded", "baseline file")
     for scenario, result in zip(scenarios, results):
         timeline = next((a for a in result.artifacts if a.label == "call.json"), None)
@@ -194,7 +197,7 @@ def demo(
         os.environ["CXTEST_SANDBOX_URL"] = sandbox.url
         console.print(f"sandbox contact centre on {sandbox.url}" + (" (broken on purpose)" if broken else ""))
         try:
-            ivr = IvrProcess().start()  # its own process: our speech recognition must not stall its media clock
+            ivr = IvrProcess(broken=broken).start()  # its own process: our speech recognition must not stall its media clock
         except IvrError as exc:
             console.print(f"[yellow]no sandbox IVR:[/] {escape(str(exc))}")
             ivr = None
@@ -204,13 +207,15 @@ def demo(
                 console.print(f"sandbox IVR on {ivr.uri()}")
             project, scenarios = _load(paths or [Path("scenarios/demo")])
             store = _open_store(project, None)
-            results = execute(project, scenarios, store=store, show_progress=True)
+            results, previous = execute(project, scenarios, store=store, show_progress=True)
         finally:
             if ivr is not None:
                 ivr.stop()
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_reports(results, junit=out_dir / "junit.xml", json_report=out_dir / "results.json", html=out_dir / "report.html")
-    summarize(results, table=True)
+    write_reports(
+        results, junit=out_dir / "junit.xml", json_report=out_dir / "results.json", html=out_dir / "report.html", previous=previous
+    )
+    summarize(results, table=True, previous=previous)
     console.print(f"reports: {out_dir}/report.html, {out_dir}/junit.xml, {out_dir}/results.json; results in {store_url(project)}")
     raise typer.Exit(exit_code(results))
 
@@ -552,7 +557,9 @@ def execute(
     concurrency: int | None = None,
     store=None,
     show_progress: bool = True,
-) -> list[Result]:
+) -> tuple[list[Result], dict[str, Result] | None]:
+    """Run the scenarios; return their results and, for phone numbers, each one's previous stored
+    result (None when there is no store), fetched while the store is still open."""
     from cxtest.runner import Runner
 
     async def main() -> list[Result]:
@@ -582,7 +589,8 @@ def execute(
                 return await runner.run_many(scenarios, on_result=done)
 
     try:
-        return asyncio.run(main())
+        results = asyncio.run(main())
+        return results, _previous_phone_results(store, results)
     except StoreError as exc:
         console.print(f"store: {escape(str(exc))}", style="red")
         raise typer.Exit(EXIT_ERROR) from None
@@ -591,13 +599,44 @@ def execute(
             store.close()
 
 
-def write_reports(results: list[Result], *, junit: Path | None, json_report: Path | None, html: Path | None) -> None:
+def _previous_phone_results(store, results: list[Result]) -> dict[str, Result] | None:
+    """For the phone trend: each number's newest stored result from before this run; None without a store.
+
+    A store that fails here only costs the trend: the results themselves are already saved.
+    """
+    from cxtest.reports.phone import group_by_inventory
+
+    groups = group_by_inventory(results)
+    if store is None or not groups:
+        return None
+    previous: dict[str, Result] = {}
+    try:
+        for inventory, members in groups.items():
+            started = min(r.started_at for r in members)
+            for r in store.previous_results(inventory + "/", before=started, exclude_run_id=members[0].run_id or None):
+                previous[r.scenario_id] = r
+    except StoreError as exc:
+        console.print(f"[yellow]store: no trend for the phone inventories:[/] {escape(str(exc))}")
+        return None
+    return previous
+
+
+def write_reports(
+    results: list[Result],
+    *,
+    junit: Path | None,
+    json_report: Path | None,
+    html: Path | None,
+    previous: dict[str, Result] | None = None,
+) -> None:
     from cxtest.reports import results_to_dict, write_html, write_json, write_junit
 
-    for path, writer in ((junit, write_junit), (html, write_html)):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer(results, path)
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        write_junit(results, junit)
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        write_html(results, html, previous=previous)
     if json_report == Path("-"):
         sys.stdout.write(json.dumps(results_to_dict(results), indent=2) + "\n")
     elif json_report is not None:
@@ -605,10 +644,20 @@ def write_reports(results: list[Result], *, junit: Path | None, json_report: Pat
         write_json(results, json_report)
 
 
-def summarize(results: list[Result], *, table: bool) -> None:
+PHONE_WORST_SHOWN = 10
+
+
+def summarize(results: list[Result], *, table: bool, previous: dict[str, Result] | None = None) -> None:
+    """The run on the terminal: a row per result, except phone numbers, which get a block per
+    inventory (`previous` gives the trend); then one line of totals."""
+    from cxtest.reports.phone import is_phone, summarize_inventories
+
     if table:
+        for inventory in summarize_inventories(results, previous):
+            _print_inventory(inventory)
+        others = [r for r in results if not is_phone(r)]
         grid = Table("", "scenario", "channel", "duration", "message", box=None, pad_edge=False)
-        for r in sorted(results, key=lambda r: (-r.outcome.rank, r.scenario_id)):
+        for r in sorted(others, key=lambda r: (-r.outcome.rank, r.scenario_id)):
             name = escape(r.scenario_name) + (" [yellow](flaky)[/]" if r.flaky else "")
             grid.add_row(
                 f"[{STYLE[r.outcome]}]{MARK[r.outcome]} {r.outcome.value}[/]",
@@ -617,8 +666,9 @@ def summarize(results: list[Result], *, table: bool) -> None:
                 format_duration(r.duration),
                 escape(logs.redact(r.message)),
             )
-        out.print(grid)
-        for r in results:
+        if others:
+            out.print(grid)
+        for r in others:
             if r.outcome not in (Outcome.failed, Outcome.error):
                 continue
             for step in r.steps:
@@ -634,6 +684,52 @@ def summarize(results: list[Result], *, table: bool) -> None:
         parts.append(f"{flaky} flaky")
     worst = Outcome.worst([r.outcome for r in results]) if results else Outcome.passed
     out.print(f"[bold {STYLE[worst]}]{', '.join(parts)}[/] in {len(results)} scenario(s), {format_duration(total)} of probe time")
+
+
+def _print_inventory(inventory: "InventorySummary") -> None:
+    """An inventory in a few lines: outcome and class counts, PDD percentiles, trend, then its worst numbers."""
+    from cxtest.reports.phone import pdd_change_text, trend_text
+
+    head = Table(show_header=False, box=None, pad_edge=False, title_justify="left",
+                 title=f"[bold]{escape(logs.redact(inventory.name))}[/] [dim]{escape(logs.redact(inventory.inventory))}[/]")
+    head.add_row("numbers", f"{inventory.total}: " + ", ".join(
+        f"[{STYLE[Outcome(o)]}]{n} {o}[/]" for o, n in inventory.outcomes.items() if n
+    ))
+    head.add_row("classes", ", ".join(f"{name} {n}" for name, n in inventory.classes.items()))
+    pdd = inventory.pdd
+    head.add_row("post-dial delay", "none measured" if pdd is None else (
+        f"p50 {format_duration(pdd.p50)}, p90 {format_duration(pdd.p90)}, p95 {format_duration(pdd.p95)}, "
+        f"min {format_duration(pdd.min)}, max {format_duration(pdd.max)} ({pdd.count} calls)"
+    ))
+    head.add_row("trend", escape(trend_text(inventory.trend)))
+    out.print(head)
+    worst = inventory.not_passing[:PHONE_WORST_SHOWN]
+    if not worst:
+        return
+    named = any(row.name for row in worst)
+    headers = ("", "number", *(["name"] if named else []), "class", "PDD", "trend")
+    rows = []
+    for row in worst:
+        changes = [x for x in (row.trend, row.class_change) if x]
+        if pdd_change_text(row):
+            changes.append(f"PDD {pdd_change_text(row)}")
+        outcome = f"{MARK[row.outcome]} {row.outcome.value}" + (" (flaky)" if row.flaky else "")
+        cells = (outcome, logs.redact(row.number), *([logs.redact(row.name)] if named else []),
+                 row.call_class, "" if row.pdd is None else format_duration(row.pdd), ", ".join(changes))
+        rows.append((row, cells))
+    # Two lines a number, cut at the terminal's edge: the columns, then the message under them.
+    # CI logs are often 80 columns wide, too narrow for a message column beside the others.
+    widths = [max(len(h), *(len(cells[i]) for _, cells in rows)) for i, h in enumerate(headers)]
+    line = {"no_wrap": True, "overflow": "ellipsis", "highlight": False}
+    out.print("[dim]" + escape("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()) + "[/]", **line)
+    for row, (outcome, *rest) in rows:
+        columns = "  ".join(c.ljust(w) for c, w in zip(rest, widths[1:])).rstrip()
+        out.print(f"[{STYLE[row.outcome]}]{escape(outcome.ljust(widths[0]))}[/]  {escape(columns)}", **line)
+        if row.message:
+            out.print(f"  [dim]{escape(logs.redact(row.message))}[/]", **line)
+    rest = len(inventory.not_passing) - len(worst)
+    if rest:
+        out.print(f"  [dim]... and {rest} more not-passing number(s): see the HTML report or `--json`[/]")
 
 
 def main() -> None:

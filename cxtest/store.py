@@ -437,13 +437,30 @@ class Store:
 
     def latest(self) -> list[Result]:
         """The newest result of each scenario, sorted by scenario_id."""
+        return self._newest_per_scenario()
+
+    def previous_results(self, prefix: str, before: datetime, exclude_run_id: str | None = None) -> list[Result]:
+        """The newest result of each scenario whose id starts with `prefix` that started before
+        `before` and is not from run `exclude_run_id`: what a run compares itself against
+        (e.g. prefix "demo/phone_numbers/" for every number of one inventory). Sorted by scenario_id."""
+        t = results_table
+        wanted = [
+            # Not LIKE: SQLite's ignores ASCII case, and "_" in ids like "phone_numbers" is a wildcard there.
+            func.substr(t.c.scenario_id, 1, len(prefix)) == prefix,
+            t.c.started_at < before,
+        ]
+        if exclude_run_id is not None:
+            wanted.append(t.c.run_id != exclude_run_id)
+        return self._newest_per_scenario(*wanted)
+
+    def _newest_per_scenario(self, *conditions: Any) -> list[Result]:
         t = results_table
         rank = (
             func.row_number()
             .over(partition_by=t.c.scenario_id, order_by=(t.c.started_at.desc(), t.c.id.desc()))
             .label("rank")
         )
-        ranked = select(t.c.id, rank).subquery()
+        ranked = select(t.c.id, rank).where(*conditions).subquery()
         query = (
             select(t)
             .join(ranked, ranked.c.id == t.c.id)

@@ -423,16 +423,16 @@ class PhoneSession(IvrSession):
         return await self._audio_present(step, timeout)
 
     async def _audio_present(self, step: Greeting, timeout: float) -> Observation:
-        """No expected words: the greeting is any audio, compared with the number's baseline fingerprint if it has one."""
+        """No expected words: the greeting is the first speech, compared with the number's baseline fingerprint if it has one."""
         from probes.voice import analysis
 
         call, target = self.call, self.target
         recording = call.media.recording
         begin = self.cursor
-        deadline = time.monotonic() + min(timeout - 1, target.greeting_within + (GREETING_MAX_S if self.baseline else 0))
+        deadline = time.monotonic() + min(timeout - 1, target.greeting_within + GREETING_MAX_S)
         listener = analysis.PromptListener(end_silence_ms=int(target.end_silence * 1000))
         fed = 0
-        while time.monotonic() < deadline and not call.is_over:
+        while time.monotonic() < deadline and not call.is_over and listener.ended_at is None:
             await asyncio.sleep(0.1)
             if recording.started_at is None:
                 if time.monotonic() - begin > target.greeting_within:
@@ -443,8 +443,6 @@ class PhoneSession(IvrSession):
             listener.feed(pcm[fed:])
             fed = len(pcm)
             if listener.started_at is None and time.monotonic() - self.cursor > target.greeting_within:
-                break
-            if listener.ended_at is not None or (listener.started_at is not None and not self.baseline):
                 break
         pcm = recording.pcm(start=begin) if recording.started_at is not None else b""
         measures: dict[str, float] = {}
@@ -461,16 +459,22 @@ class PhoneSession(IvrSession):
             text = f"dead air: no greeting within {target.greeting_within:g}s of the answer, {what}"
             return Observation(checks=(CheckResult("greeting", Outcome.failed, "speech", None, text),), measures=measures)
         self.greeting_started = begin + listener.started_at
+        ended = begin + (listener.ended_at if listener.ended_at is not None else len(pcm) / 16000)
         measures["greeting_latency"] = self.greeting_started - self.cursor
-        known = self.baseline.get(str(self._greeting_index() + 1))
-        if not known or not known.get("fingerprint"):
-            text = f"greeting started {measures['greeting_latency']:.2f}s after the answer (no expected words or baseline to compare)"
+        measures["greeting_duration"] = ended - self.greeting_started
+        fingerprint = await asyncio.to_thread(analysis.fingerprint, recording.pcm(start=self.greeting_started, end=ended))
+        index = self._greeting_index()
+        known = self.baseline.get(str(index + 1))
+        score = analysis.audio_similarity(known["fingerprint"], fingerprint) if known and known.get("fingerprint") else None
+        matched = score is None or score >= BASELINE_AUDIO_SIMILARITY
+        self.prompts.append(
+            {"step": index + 1, "expected": [], "heard": "", "matched": matched, "fingerprint": fingerprint,
+             "at": round(recording.offset(self.greeting_started), 3), "duration": round(ended - self.greeting_started, 3)}
+        )
+        if score is None:
+            text = f"greeting of {measures['greeting_duration']:.1f}s, {measures['greeting_latency']:.2f}s after the answer (no expected words or baseline to compare)"
             return Observation(checks=(CheckResult("greeting", Outcome.passed, "speech", "speech", text),), measures=measures)
-        end = begin + (listener.ended_at if listener.ended_at is not None else len(pcm) / 16000)
-        heard = recording.pcm(start=self.greeting_started, end=end)
-        score = analysis.audio_similarity(known["fingerprint"], analysis.fingerprint(heard))
         measures["similarity"] = score
-        matched = score >= BASELINE_AUDIO_SIMILARITY
         text = f"greeting {'sounds like' if matched else 'differs from'} its baseline (audio {score:.2f} {'>=' if matched else '<'} {BASELINE_AUDIO_SIMILARITY:g})"
         outcome = Outcome.passed if matched else Outcome.failed
         return Observation(checks=(CheckResult("greeting", outcome, "baseline", round(score, 3), text),), measures=measures)

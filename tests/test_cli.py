@@ -180,9 +180,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox, broken_sand
     for name, (files, args, _) in RUNS.items():
         roots[name] = root = tmp_path_factory.mktemp(name)
         if args[0] == "demo":  # the demo runs scenarios/demo below the working folder
-            # Without the IVR scenarios: four cxtest runs at once on two cores would starve their
+            # Without the IVR and phone scenarios: four cxtest runs at once on two cores would starve their
             # speech recognition; tests/test_ivr_demo.py runs the whole demo on its own.
-            shutil.copytree(REPO / "scenarios", root / "scenarios", ignore=shutil.ignore_patterns("__pycache__", "ivr_*.yaml"))
+            shutil.copytree(REPO / "scenarios", root / "scenarios", ignore=shutil.ignore_patterns("__pycache__", "ivr_*.yaml", "phone_*"))
         else:
             make_project(root, files, port)
 

@@ -13,7 +13,7 @@ CLI = Path(sys.executable).parent / "cxtest"
 
 
 def test_demo_runs_the_ivr_scenarios_against_the_sandbox_ivr(tmp_path: Path) -> None:
-    """Exit 0; the IVR scenarios pass or are degraded (slow support, dead end) and the report shows the call timeline."""
+    """Exit 0; the IVR scenarios pass or are degraded (slow support, dead end), every sandbox number passes, and the report shows the call timeline and the inventory."""
     shutil.copytree(REPO / "scenarios", tmp_path / "scenarios", ignore=shutil.ignore_patterns("__pycache__"))
     done = subprocess.run([str(CLI), "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -26,5 +26,8 @@ def test_demo_runs_the_ivr_scenarios_against_the_sandbox_ivr(tmp_path: Path) -> 
         "Technical support answers promptly": "degraded",
         "Paying a bill by phone leads somewhere": "degraded",
     }, said
+    numbers = {r["scenario_id"].rpartition("/")[2]: r["outcome"] for r in results if r["channel"] == "phone"}
+    assert numbers == {n: "passed" for n in ("+18005550101", "+18005550102", "+18005550103", "+18005550104", "+18005550109")}, said
     report = (tmp_path / "out" / "report.html").read_text()
     assert "IVR said" in report and "<audio" in report and "dead_air" in report
+    assert "Acme Bank published numbers" in report and "post-dial delay" in report.lower()

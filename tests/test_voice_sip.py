@@ -113,6 +113,15 @@ async def test_no_answer_sends_cancel_and_the_487_is_acked(pair):
     assert seen[0]._server.acked.is_set(), "the 487 was never ACKed"
 
 
+async def test_a_cancel_after_ringing_longer_than_timer_b_still_ends_the_call(pair):
+    """The callee keeps its INVITE transaction while it rings, so a CANCEL past 64*T1 + 1 s (4.2 s here) gets 200 and 487, not 481."""
+    caller, callee = pair
+    seen = ring_forever(callee)
+    call = await caller.dial(callee_uri(callee), no_answer_timeout=FAST.b + 1.5)
+    assert (call.status, call.cancelled) == (487, True)
+    assert await seen[0].wait_ended(1) == "cancelled by the caller"
+
+
 async def test_cancelling_the_dial_task_cancels_the_call(pair):
     """A caller task cancelled while ringing sends CANCEL; the far end stops ringing."""
     caller, callee = pair

@@ -6,5 +6,14 @@ Every writer takes the runner's Result objects and passes all text through cxtes
 from .html import write_html
 from .json_report import results_to_dict, write_json
 from .junit import write_junit
+from .phone import InventorySummary, summarize_inventories, trend_text
 
-__all__ = ["results_to_dict", "write_html", "write_json", "write_junit"]
+__all__ = [
+    "InventorySummary",
+    "results_to_dict",
+    "summarize_inventories",
+    "trend_text",
+    "write_html",
+    "write_json",
+    "write_junit",
+]

@@ -13,7 +13,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
 import jinja2
@@ -24,6 +24,15 @@ from cxtest.model import Artifact, Result, format_duration
 
 from ._common import OUTCOME_ORDER, PROBLEM_OUTCOMES, outcome_of, write_text_atomic
 from .json_report import results_to_dict
+from .phone import (
+    InventorySummary,
+    class_bar_svg,
+    class_colour,
+    pdd_change_text,
+    pdd_histogram_svg,
+    summarize_inventories,
+    trend_text,
+)
 
 TEMPLATES = Path(__file__).with_name("templates")
 CHART_MAX_ROWS = 50
@@ -268,8 +277,16 @@ def _span(results: Sequence[Result]) -> tuple[str, str]:
     return first.isoformat(sep=" ", timespec="seconds"), format_duration((last - first).total_seconds())
 
 
-def render_html(results: Sequence[Result], title: str = "cxtest report", base_dir: Path | None = None) -> str:
-    """The report as a string; artifact links are made relative to `base_dir` (default: cwd)."""
+def render_html(
+    results: Sequence[Result],
+    title: str = "cxtest report",
+    base_dir: Path | None = None,
+    previous: Mapping[str, Result] | None = None,
+) -> str:
+    """The report as a string; artifact links are made relative to `base_dir` (default: cwd).
+
+    `previous` maps a phone number's scenario_id to its newest result before this run, for the trend.
+    """
     results = list(results)
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     data = results_to_dict(results)
@@ -311,9 +328,65 @@ def render_html(results: Sequence[Result], title: str = "cxtest report", base_di
         chart_svg=_timing_svg(chart_rows),
         chart_note=chart_note,
         colours=COLOURS,
+        inventories=[_inventory_view(s) for s in summarize_inventories(results, previous)],
     )
 
 
-def write_html(results: Sequence[Result], path: Path, title: str = "cxtest report") -> None:
+def write_html(
+    results: Sequence[Result], path: Path, title: str = "cxtest report", previous: Mapping[str, Result] | None = None
+) -> None:
     path = Path(path)
-    write_text_atomic(path, render_html(results, title, base_dir=path.parent))
+    write_text_atomic(path, render_html(results, title, base_dir=path.parent, previous=previous))
+
+
+# --------------------------------------------------------------------------- phone inventories
+
+PHONE_TABLE_MAX_ROWS = 200
+
+
+def _optional(value: float | None, show) -> str:
+    return "" if value is None else show(value)
+
+
+def _inventory_view(summary: InventorySummary) -> dict[str, Any]:
+    """An inventory's section: cards, class chips, the two plots, the trend and the worst numbers first."""
+    rows = []
+    for row in summary.numbers[:PHONE_TABLE_MAX_ROWS]:
+        rows.append({
+            "outcome": row.outcome.value,
+            "number": redact(row.number),
+            "name": redact(row.name),
+            "call_class": row.call_class,
+            "expected_class": row.expected_class or "",
+            "class_colour": class_colour(row.call_class),
+            "pdd": _optional(row.pdd, format_duration),
+            "time_to_answer": _optional(row.time_to_answer, format_duration),
+            "similarity": _optional(row.similarity, lambda v: f"{v:.2f}"),
+            "quality": _optional(row.quality, lambda v: f"{v:.2f}"),
+            "flaky": row.flaky,
+            "message": redact(row.message),
+            "trend": row.trend,
+            "class_change": row.class_change,
+            "pdd_change": pdd_change_text(row),
+        })
+    pdd = summary.pdd
+    return {
+        "inventory": redact(summary.inventory),
+        "name": redact(summary.name),
+        "total": summary.total,
+        "outcomes": summary.outcomes,
+        "classes": [{"name": n, "count": c, "colour": class_colour(n)} for n, c in summary.classes.items()],
+        "pdd": None if pdd is None else {
+            "count": pdd.count,
+            **{k: format_duration(getattr(pdd, k)) for k in ("min", "p50", "p90", "p95", "max")},
+        },
+        "pdd_svg": pdd_histogram_svg(summary),
+        "class_svg": class_bar_svg(summary),
+        "trend": trend_text(summary.trend),
+        "rows": rows,
+        "named": any(row["name"] for row in rows),
+        "rows_note": (
+            f"Showing the {PHONE_TABLE_MAX_ROWS} worst of {summary.total} numbers."
+            if summary.total > PHONE_TABLE_MAX_ROWS else ""
+        ),
+    }

@@ -4,6 +4,10 @@
         ivr.uri()                       # "sip:ivr@127.0.0.1:PORT"
         ivr.calls[-1].steps             # (time, node, digit) of the last call, for tests
 
+A dialled user that is no entry of the menu is looked up in the phone numbers
+(numbers.yaml, see numbers.py): each number greets, is busy, rings unanswered, has
+dead air or plays an announcement, and may do otherwise when the sandbox is broken.
+
 The menu is a YAML file (ivr.yaml beside this module): nodes that say a prompt and
 then offer DTMF options or end in a hangup, hold music, silence (a dead end) or
 another node. flite speaks each distinct prompt text once into a cache keyed by a
@@ -26,6 +30,7 @@ from typing import NamedTuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cxtest.sandbox.numbers import DEFAULT_NUMBERS, NumbersError, NumberTable, serve_number, synthesise_numbers
 from probes.voice import audio, dtmf
 from probes.voice.sip import Call, CallEnded, Timers, UserAgent
 from probes.voice.speech import SpeechError, synthesise
@@ -162,6 +167,22 @@ def synthesise_prompts(menu: IvrMenu, cache_dir: str | Path | None = None) -> di
     """Every prompt of the menu as pcm (8 kHz mono 16-bit), spoken by flite; texts already in the cache are not spoken again."""
     try:
         return {prompt_id: synthesise(text, menu.voice, cache_dir) for prompt_id, text in menu.prompts().items()}
+    except SpeechError as exc:
+        raise IvrError(str(exc)) from exc
+
+
+def load_numbers(path: str | Path = DEFAULT_NUMBERS) -> NumberTable:
+    """The phone numbers (the shipped numbers.yaml by default); a bad file is an IvrError, as a bad menu is."""
+    try:
+        return NumberTable.load(path)
+    except NumbersError as exc:
+        raise IvrError(str(exc)) from exc
+
+
+def synthesise_number_texts(numbers: NumberTable, cache_dir: str | Path | None = None) -> dict[str, bytes]:
+    """Text -> pcm for everything the numbers say, healthy and broken, spoken once and cached as the prompts are."""
+    try:
+        return synthesise_numbers(numbers, cache_dir)
     except SpeechError as exc:
         raise IvrError(str(exc)) from exc
 
@@ -315,8 +336,10 @@ class _Walk:
 class SandboxIvr:
     """The menu answering calls on a SIP user agent in the running event loop.
 
-    A call to sip:USER@host:port starts at the node `entries` names for USER
-    (404 Not Found for any other user). `calls` logs the latest answered calls.
+    A call to sip:USER@host:port starts at the node `entries` names for USER;
+    failing that, a phone number of `numbers` answers it as its behaviour says (its
+    broken one when `broken`); any other user gets 404 Not Found. `calls` logs the
+    latest answered menu calls.
     """
 
     def __init__(
@@ -328,11 +351,19 @@ class SandboxIvr:
         cache_dir: str | Path | None = None,
         timers: Timers = Timers(),
         inband: bool = True,
+        numbers: NumberTable | None = None,
+        broken: bool = False,
     ):
         self.menu = menu if menu is not None else IvrMenu.load()
+        self.numbers = numbers if numbers is not None else load_numbers()
+        both = sorted(set(self.menu.entries) & set(self.numbers.numbers))
+        if both:
+            raise IvrError(f"dialled users both an IVR entry and a phone number: {', '.join(both)} (the menu would always win)")
         self.host, self.requested_port, self.cache_dir, self.timers = host, port, cache_dir, timers
         self.inband = inband
+        self.broken = broken
         self.prompts: dict[str, bytes] = {}
+        self.number_texts: dict[str, bytes] = {}  # text -> pcm of what the numbers say
         self.calls: deque[IvrCall] = deque(maxlen=CALLS_KEPT)
         self._ua: UserAgent | None = None
 
@@ -348,6 +379,7 @@ class SandboxIvr:
     async def start(self) -> SandboxIvr:
         """Load the prompts (synthesising what is not cached), then listen for calls."""
         self.prompts = await asyncio.to_thread(synthesise_prompts, self.menu, self.cache_dir)
+        self.number_texts = await asyncio.to_thread(synthesise_number_texts, self.numbers, self.cache_dir)
         ua = UserAgent(self.host, self.requested_port, user="ivr", timers=self.timers)
         try:
             await ua.start()
@@ -373,7 +405,11 @@ class SandboxIvr:
         user = call.dialled_user
         start = self.menu.entries.get(user)
         if start is None:
-            await call.reject(404, "Not Found")
+            number = self.numbers.numbers.get(user)
+            if number is None:
+                await call.reject(404, "Not Found")
+                return
+            await serve_number(call, number.acts(self.broken), self.number_texts, self.numbers, HOLD_MUSIC)
             return
         await call.ring()
         await call.answer()
@@ -393,8 +429,10 @@ class IvrThread:
         port: int = 0,
         cache_dir: str | Path | None = None,
         timers: Timers = Timers(),
+        numbers: NumberTable | None = None,
+        broken: bool = False,
     ):
-        self.ivr = SandboxIvr(menu, host=host, port=port, cache_dir=cache_dir, timers=timers)
+        self.ivr = SandboxIvr(menu, host=host, port=port, cache_dir=cache_dir, timers=timers, numbers=numbers, broken=broken)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -421,6 +459,7 @@ class IvrThread:
             return self
         # Here, in the caller's thread and before the timeout counts, so a missing flite is raised as itself.
         synthesise_prompts(self.ivr.menu, self.ivr.cache_dir)
+        synthesise_number_texts(self.ivr.numbers, self.ivr.cache_dir)
         self._ready.clear()
         self._failure = None
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="cxtest-ivr", daemon=True)
@@ -471,10 +510,11 @@ class IvrThread:
 class IvrProcess:
     """The sandbox IVR in a child process: for a caller that recognises speech in its own
     process (`cxtest demo`), where an IVR thread would share the GIL with speech-to-text and
-    its 20 ms media clock would stall. `uri()` and `stop()` as IvrThread."""
+    its 20 ms media clock would stall. `uri()` and `stop()` as IvrThread; `broken` runs the
+    phone numbers broken."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.host, self.requested_port = host, port
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, broken: bool = False):
+        self.host, self.requested_port, self.broken = host, port, broken
         self.port = 0
         self._process: subprocess.Popen[str] | None = None
 
@@ -485,8 +525,10 @@ class IvrProcess:
         import sys
 
         synthesise_prompts(IvrMenu.load())  # here, so a missing flite is raised as itself
+        synthesise_number_texts(load_numbers())
+        mode = ["broken"] if self.broken else []
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "cxtest.sandbox.ivr", self.host, str(self.requested_port)],
+            [sys.executable, "-m", "cxtest.sandbox.ivr", self.host, str(self.requested_port), *mode],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         ready = threading.Event()
@@ -525,10 +567,10 @@ class IvrProcess:
         self.stop()
 
 
-async def _serve_forever(host: str, port: int) -> None:
+async def _serve_forever(host: str, port: int, broken: bool) -> None:
     import signal
 
-    ivr = SandboxIvr(host=host, port=port)
+    ivr = SandboxIvr(host=host, port=port, broken=broken)
     await ivr.start()
     print(f"ready {ivr.port}", flush=True)
     stopping = asyncio.Event()
@@ -541,7 +583,7 @@ async def _serve_forever(host: str, port: int) -> None:
         await ivr.aclose()
 
 
-if __name__ == "__main__":  # IvrProcess's child: python -m cxtest.sandbox.ivr HOST PORT
+if __name__ == "__main__":  # IvrProcess's child: python -m cxtest.sandbox.ivr HOST PORT [broken]
     import sys
 
-    asyncio.run(_serve_forever(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(_serve_forever(sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["broken"]))

@@ -167,7 +167,7 @@ class Sandbox(ThreadedServer):
         if ivr:
             from cxtest.sandbox.ivr import IvrThread  # the voice engine loads only when the IVR is asked for
 
-            self.ivr = IvrThread(host=host, port=sip_port)
+            self.ivr = IvrThread(host=host, port=sip_port, broken=broken)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "Sandbox":
         super().start(timeout)
@@ -204,12 +204,12 @@ class Sandbox(ThreadedServer):
         return f"<Sandbox {where} broken={self.broken}>"
 
 
-def start_ivr(host: str, sip_port: int) -> "IvrThread | None":
+def start_ivr(host: str, sip_port: int, broken: bool = False) -> "IvrThread | None":
     """The SIP IVR in a background thread, or None after saying why it cannot run (the HTTP sandbox goes on without it)."""
     from cxtest.sandbox.ivr import IvrError, IvrThread
 
     try:
-        return IvrThread(host=host, port=sip_port).start()
+        return IvrThread(host=host, port=sip_port, broken=broken).start()
     except IvrError as exc:
         print(f"cxtest sandbox: no SIP IVR: {exc}", flush=True)
         return None
@@ -222,7 +222,7 @@ def serve(
     app = create_app(broken=broken)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
-    ivr = start_ivr(host, sip_port) if sip_port is not None else None
+    ivr = start_ivr(host, sip_port, app.state.sandbox.broken) if sip_port is not None else None
     if ivr is not None:
         users = ", ".join(ivr.ivr.menu.entries)
         print(f"cxtest sandbox IVR answering on {ivr.uri()}  (users: {users})", flush=True)

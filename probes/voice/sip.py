@@ -199,8 +199,11 @@ class _ServerInvite:
     def respond(self, data: bytes, final: bool) -> None:
         self.last = data
         self.ua._send_now(data, self.peer)
-        if final:
+        if final and not self.final_sent:
             self.final_sent = True
+            # Kept while ringing, however long: a CANCEL must still find it. Once final, it lives on
+            # for retransmissions and the ACK (Timer H/J), then goes.
+            asyncio.get_running_loop().call_later(self.ua.timers.b + 1, self.ua._forget_server, self)
             if self.peer.transport == "UDP":
                 self.ua._spawn(self._retransmit(data))
             else:
@@ -1110,6 +1113,10 @@ class UserAgent:
     def _dialog_call(self, request: Request) -> Call | None:
         return self._calls.get((request.call_id, request.to_address.parameters.get("tag", "")))
 
+    def _forget_server(self, server: _ServerInvite) -> None:
+        if self._server.get(server.branch) is server:
+            del self._server[server.branch]
+
     def _on_cancel(self, request: Request, peer: Peer, branch: str, raw: bytes) -> None:
         server = self._server.get(branch)
         if server is None:
@@ -1158,7 +1165,6 @@ class UserAgent:
             if method == "INVITE":
                 server = _ServerInvite(self, request, peer)
                 self._server[server.branch] = server
-                asyncio.get_running_loop().call_later(self.timers.b, self._server.pop, server.branch, None)
                 server.respond(data, final=True)
                 call._server = server
             else:
@@ -1179,7 +1185,6 @@ class UserAgent:
     def _incoming_invite(self, request: Request, peer: Peer, raw: bytes) -> None:
         server = _ServerInvite(self, request, peer)
         self._server[server.branch] = server
-        asyncio.get_running_loop().call_later(self.timers.b + 1, self._server.pop, server.branch, None)
         call = Call(self, "uas", str(request.from_address.uri))
         call.call_id = request.call_id
         call._codecs = sdp.codecs_named(("PCMU", "PCMA"))
