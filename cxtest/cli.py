@@ -12,7 +12,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -149,20 +149,23 @@ def baseline(
     paths: Paths = None,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="Only scenarios with this tag (repeatable).")] = None,
 ) -> None:
-    """Run the IVR scenarios and record each prompt heard (words and an audio fingerprint) as its baseline.
+    """Run the IVR and phone scenarios and record each prompt or greeting heard (words and an audio fingerprint) as its baseline.
 
-    Baselines go to baselines/<scenario>.json beside each scenario file; commit them. Later
-    runs report a prompt that no longer sounds or reads like its baseline as degraded, with
-    the word diff. Only prompts that matched their expected words are recorded.
+    Baselines go to baselines/<scenario>.json beside each scenario file (for a phone
+    inventory, one entry per number); commit them. Later runs report an IVR prompt that no
+    longer sounds or reads like its baseline as degraded, with the word diff, and fail a
+    number whose greeting (with no expected words) no longer sounds like its baseline.
+    Only prompts that matched their expected words are recorded.
     """
     from probes.ivr import baseline_path
 
     project, scenarios = _load(paths, tag)
-    scenarios = [s for s in scenarios if s.channel == "ivr"]
+    scenarios = [s for s in scenarios if s.channel in ("ivr", "phone")]
     if not scenarios:
-        console.print("no IVR scenario to record a baseline from", style="red")
+        console.print("no IVR or phone scenario to record a baseline from", style="red")
         raise typer.Exit(EXIT_USAGE)
     results, _ = execute(project, scenarios, store=None)
+    files: dict[Path, dict[str, Any]] = {}
     table = Table("scenario", "prompts recorded", "baseline file")
     for scenario, result in zip(scenarios, results):
         timeline = next((a for a in result.artifacts if a.label == "call.json"), None)
@@ -176,9 +179,14 @@ def baseline(
             table.add_row(escape(scenario.name), f"[red]none[/] ({result.outcome.value})", "")
             continue
         path = baseline_path(scenario.source.file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(prompts, indent=2) + "\n")
+        if scenario.channel == "phone":  # one file per inventory, an entry per number
+            files.setdefault(path, {})[scenario.id.rpartition("/")[2]] = prompts
+        else:
+            files[path] = prompts
         table.add_row(escape(scenario.name), str(len(prompts)), str(path))
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2) + "\n")
     out.print(table)
     raise typer.Exit(exit_code(results))
 

@@ -7,6 +7,8 @@ dialled number; tests/test_phone_peers.py covers the same against Kamailio, bare
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -206,14 +208,18 @@ class Callee:
         await call.play(silence(10))
 
 
+async def run_scenarios(tmp_path: Path, scenario: Path) -> dict[str, Result]:
+    project, scenarios = load_scenarios([scenario], Project(root=tmp_path))
+    async with Runner(project, artifacts_root=tmp_path / "artifacts") as runner:
+        results = await runner.run_many(scenarios)
+    return {r.scenario_id.rpartition("/")[2]: r for r in results}
+
+
 async def run_inventory(tmp_path: Path, csv_text: str, target: str = "") -> dict[str, Result]:
     async with Callee() as callee:
         scenario = write_inventory(tmp_path, csv_text, target)
         scenario.write_text(scenario.read_text().replace("127.0.0.1:9", callee.address))
-        project, scenarios = load_scenarios([scenario], Project(root=tmp_path))
-        async with Runner(project, artifacts_root=tmp_path / "artifacts") as runner:
-            results = await runner.run_many(scenarios)
-    return {r.scenario_id.rpartition("/")[2]: r for r in results}
+        return await run_scenarios(tmp_path, scenario)
 
 
 def seen_class(result: Result) -> str:
@@ -287,3 +293,25 @@ async def test_a_number_nobody_answers_at_all_is_an_error(tmp_path: Path) -> Non
         [result] = await runner.run_many(scenarios)
     assert result.outcome is Outcome.error
     assert "1: unreachable: no response at all" in result.message
+
+
+async def test_baseline_records_each_numbers_greeting_and_a_changed_one_fails(tmp_path: Path) -> None:
+    """`cxtest baseline` keeps each number's greeting fingerprint; the same greeting passes later, another one fails."""
+    async with Callee() as callee:
+        scenario = write_inventory(tmp_path, "number\ngood\nbusy\n", target=", greeting_within: 2s")
+        scenario.write_text(scenario.read_text().replace("127.0.0.1:9", callee.address).replace("hold: 1s", "hold: 0s"))
+        cli = Path(sys.executable).parent / "cxtest"
+        process = await asyncio.create_subprocess_exec(
+            str(cli), "baseline", str(scenario), cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+        recorded = json.loads((tmp_path / "baselines" / "numbers.json").read_text())
+        assert list(recorded) == ["good"] and recorded["good"]["2"]["fingerprint"], output  # busy has no greeting
+
+        same = (await run_scenarios(tmp_path, scenario))["good"]
+        assert same.outcome is Outcome.passed and "sounds like its baseline" in same.steps[1].checks[0].text, same.message
+
+        callee.greeting = synthesise("Welcome to Globex Insurance, the claims department.")
+        changed = (await run_scenarios(tmp_path, scenario))["good"]
+    assert changed.outcome is Outcome.failed
+    assert "greeting differs from its baseline (audio" in changed.message
