@@ -25,6 +25,7 @@ FRAME_SAMPLES = 160
 FRAME_BYTES = FRAME_SAMPLES * 2
 FULL_SCALE = 32767
 _RTP_TIMESTAMP_MOD = 1 << 32
+_REANCHOR_S = 10
 
 
 class Source(Protocol):
@@ -88,8 +89,10 @@ class Recording:
 
     A packet's place is its RTP timestamp's distance from the previous packet's, so
     network jitter does not move audio and a silent gap in timestamps stays silent.
-    When a timestamp jump disagrees with the arrival times by more than a second (a new
-    SSRC, a sender that restarts its clock) the packet is placed by its arrival time.
+    When a timestamp jump disagrees with the arrival times by more than ten seconds (a new
+    SSRC, a sender that restarts its clock) the packet is placed by its arrival time. Less
+    than that is our own stall: a busy event loop reads a second of packets late, in a
+    burst, and placing them by arrival would cut a hole into the prompt.
     Payloads are kept as they came and decoded only when pcm is asked for.
     """
 
@@ -114,7 +117,7 @@ class Recording:
             if jump >= _RTP_TIMESTAMP_MOD // 2:
                 jump -= _RTP_TIMESTAMP_MOD
             waited = (arrival - self._last_arrival) * SAMPLE_RATE
-            if abs(jump - waited) > SAMPLE_RATE:
+            if abs(jump - waited) > _REANCHOR_S * SAMPLE_RATE:
                 jump = round(waited)
             position = self._last_position + jump
             if position < 0:
