@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server_process import ServerProcess, die_with_parent, free_port
+from server_process import BenchError, ServerProcess, die_with_parent, free_port, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "demo" / "chat_balance.yaml"
@@ -206,9 +206,6 @@ if __name__ != "__main__" and "locust" in sys.modules:  # loaded by `locust -f` 
 
 # --------------------------------------------------------------------------- the parent
 
-
-class BenchError(Exception):
-    pass
 
 
 
@@ -484,11 +481,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench interrupted; the sandbox was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_bench(main, "the sandbox was stopped")

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server_process import ServerProcess, die_with_parent, free_port
+from server_process import BenchError, ServerProcess, die_with_parent, free_port, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = 50.0
@@ -312,9 +312,6 @@ def report(all_figures: list[Figures], every: float, jitter: float) -> None:
     )
 
 
-class BenchError(Exception):
-    pass
-
 
 def _interrupt(_signum: int, _frame: Any) -> None:
     # As SIGINT: asyncio.run then cancels the monitor cleanly before KeyboardInterrupt.
@@ -377,11 +374,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench interrupted; the sandbox was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_bench(main, "the sandbox was stopped")

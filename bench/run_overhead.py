@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from server_process import ServerProcess
+from server_process import BenchError, ServerProcess, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.5
@@ -216,9 +216,6 @@ def measure(run: Callable[[], Awaitable[int]], timing: Timing | None, label: str
             timing.server_cpu.append(server_after - server_cpu)
 
 
-class BenchError(Exception):
-    pass
-
 
 def profile(run: Callable[[], Awaitable[int]], top: int) -> None:
     import cProfile
@@ -347,11 +344,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench interrupted; the server was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_bench(main, "the server was stopped")

@@ -11,9 +11,26 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+class BenchError(Exception):
+    """The bench could not measure (a peer did not start, a run did not pass): said in one line, exit 2."""
+
+
+def run_bench(main, stopped: str) -> None:
+    """`sys.exit(main())`, with a bench error said in one line (exit 2) and Ctrl-C saying what was stopped (exit 130)."""
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"bench error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"bench interrupted; {stopped}", file=sys.stderr)
+        sys.exit(130)
 
 
 def free_port() -> int:

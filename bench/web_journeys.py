@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server_process import ServerProcess, die_with_parent, free_port
+from server_process import BenchError, ServerProcess, die_with_parent, free_port, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_PATH = "/api/status"
@@ -113,9 +113,6 @@ steps:
   - expect_text: {{ selector: "data-testid=help-count", equals: "1 answer" }}
 """
 
-
-class BenchError(Exception):
-    pass
 
 
 
@@ -470,11 +467,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench interrupted; the sandbox was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_bench(main, "the sandbox was stopped")

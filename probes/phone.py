@@ -267,15 +267,22 @@ def expand(scenario: Scenario) -> list[Scenario]:
     if problems:
         raise ScenarioError(problems)
     # The scenario clock must cover ringing, the greeting and the hold; admission waits are outside it.
-    timeout = max(scenario.timeout, target.no_answer_timeout + target.greeting_within + GREETING_MAX_S + target.hold + 10)
+    timeout = max(scenario.timeout, _connect_timeout(target) + target.greeting_within + GREETING_MAX_S + target.hold + 10)
     return [_number_scenario(scenario, row, defaults, timeout) for _, row in rows]
+
+
+def _connect_timeout(target: PhoneTarget) -> float:
+    """Ringing, then our CANCEL's wait for the far end's 487 (Timer B, 32 s), then a little."""
+    from probes.voice import Timers
+
+    return target.no_answer_timeout + Timers().b + 5
 
 
 def _number_scenario(scenario: Scenario, row: InventoryRow, defaults: NumberExpect, timeout: float) -> Scenario:
     target: PhoneTarget = scenario.target
     expect = row.expect or defaults.outcome
     steps: list[Any] = [
-        Connect(connect=row.number, expect=expect, max_pdd=row.max_pdd or defaults.max_pdd, timeout=target.no_answer_timeout + 10)
+        Connect(connect=row.number, expect=expect, max_pdd=row.max_pdd or defaults.max_pdd, timeout=_connect_timeout(target))
     ]
     greeting_timeout = target.greeting_within + GREETING_MAX_S
     if expect == "answered":
@@ -355,6 +362,7 @@ class PhoneSession(IvrSession):
     def __init__(self, probe: PhoneProbe, scenario: Scenario, ctx: RunContext):
         self.number = next(step.connect for step in scenario.steps if isinstance(step, Connect))
         self.greeting_started: float | None = None
+        self.greeting_ended: float | None = None
         super().__init__(probe, scenario, ctx)
 
     async def step(self, index: int, step: Step, timeout: float) -> Observation:
@@ -416,7 +424,9 @@ class PhoneSession(IvrSession):
             prompt = ExpectPrompt(expect_prompt=step.greeting, min_confidence=step.min_confidence, within=target.greeting_within)
             observation = await self._expect_prompt(index, prompt, timeout)
             if self.prompts:
-                self.greeting_started = self.call.media.recording.started_at + self.prompts[-1]["at"]
+                heard = self.prompts[-1]
+                self.greeting_started = self.call.media.recording.started_at + heard["at"]
+                self.greeting_ended = self.greeting_started + heard["duration"]
             renamed = {"prompt_latency": "greeting_latency", "prompt_duration": "greeting_duration", "time_to_first_audio": None}
             measures = {renamed.get(k, k): v for k, v in observation.measures.items() if renamed.get(k, k) is not None}
             return Observation(observation.checks, measures, observation.evidence)
@@ -431,18 +441,25 @@ class PhoneSession(IvrSession):
         begin = self.cursor
         deadline = time.monotonic() + min(timeout - 1, target.greeting_within + GREETING_MAX_S)
         listener = analysis.PromptListener(end_silence_ms=int(target.end_silence * 1000))
-        fed = 0
+        fed_until: float | None = None
         while time.monotonic() < deadline and not call.is_over and listener.ended_at is None:
             await asyncio.sleep(0.1)
+            now = time.monotonic()
             if recording.started_at is None:
-                if time.monotonic() - begin > target.greeting_within:
+                if now - begin > target.greeting_within:
                     break
                 continue
-            begin = max(begin, recording.started_at)  # the listener's times count from the first sample it is fed
-            pcm = recording.pcm(start=begin)
-            listener.feed(pcm[fed:])
-            fed = len(pcm)
-            if listener.started_at is None and time.monotonic() - self.cursor > target.greeting_within:
+            if fed_until is None:
+                begin = fed_until = max(begin, recording.started_at)  # the listener counts from the first sample fed
+            heard_until = recording.started_at + recording.duration
+            # No packets for a while is silence too (the far end stopped sending), or a greeting would never end.
+            available = max(heard_until, now - target.end_silence - 0.5)
+            if available > fed_until:
+                pcm = recording.pcm(start=fed_until, end=heard_until) if heard_until > fed_until else b""
+                missing = int((available - fed_until) * 8000) - len(pcm) // 2
+                listener.feed(pcm + bytes(2 * max(0, missing)))
+                fed_until = available
+            if listener.started_at is None and now - self.cursor > target.greeting_within:
                 break
         pcm = recording.pcm(start=begin) if recording.started_at is not None else b""
         measures: dict[str, float] = {}
@@ -460,6 +477,8 @@ class PhoneSession(IvrSession):
             return Observation(checks=(CheckResult("greeting", Outcome.failed, "speech", None, text),), measures=measures)
         self.greeting_started = begin + listener.started_at
         ended = begin + (listener.ended_at if listener.ended_at is not None else len(pcm) / 16000)
+        ended = min(ended, recording.started_at + recording.duration)  # silence we made up is not greeting
+        self.greeting_ended = ended
         measures["greeting_latency"] = self.greeting_started - self.cursor
         measures["greeting_duration"] = ended - self.greeting_started
         fingerprint = await asyncio.to_thread(analysis.fingerprint, recording.pcm(start=self.greeting_started, end=ended))
@@ -486,15 +505,16 @@ class PhoneSession(IvrSession):
 
     async def _hold(self, step: Hold) -> Observation:
         call = self.call
-        began = time.monotonic()
+        # The hold starts when the greeting ends, not when we are done judging it.
+        began = self.greeting_ended or time.monotonic()
         try:
-            await asyncio.wait_for(asyncio.shield(call.ended.wait()), step.hold)
+            await asyncio.wait_for(asyncio.shield(call.ended.wait()), max(0.0, began + step.hold - time.monotonic()))
         except TimeoutError:
             pass
         checks: list[CheckResult] = []
-        held = time.monotonic() - began
-        if call.is_over:
-            text = f"call dropped {held:.1f}s into the {step.hold:g}s hold ({call.end_reason})"
+        held = (call.ended_at or time.monotonic()) - began
+        if call.is_over and held < step.hold:
+            text = f"call dropped {max(0.0, held):.1f}s into the {step.hold:g}s hold after the greeting ({call.end_reason})"
             checks.append(CheckResult("hold", Outcome.failed, step.hold, round(held, 2), text))
         else:
             checks.append(CheckResult("hold", Outcome.passed, step.hold, round(held, 2), f"held {step.hold:g}s"))
@@ -558,17 +578,37 @@ def _host(uri: str, proxy: str | None) -> str:
 # --------------------------------------------------------------------------- the probe
 
 
+class Pacer:
+    """Call attempts on a fixed grid, `rate` a second: attempt n goes at start + n / rate.
+
+    aiolimiter's leaky bucket spaced each attempt from when the previous one really went,
+    so every late wake-up of a busy event loop pushed all later calls back (17.4 instead
+    of 20 a second in bench/number_sweep.py). On a grid a late attempt does not move the
+    next ones; after a stall at most `catch_up` overdue attempts go at once, the others
+    move on with the grid, as a caller would redial.
+    """
+
+    def __init__(self, rate: float, catch_up: int = 3):
+        self.interval = 1 / rate
+        self.catch_up = catch_up
+        self._next: float | None = None
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        if self._next is None or self._next < now - self.catch_up * self.interval:
+            self._next = now if self._next is None else now - self.catch_up * self.interval
+        slot = self._next
+        self._next += self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class _Trunk:
-    """What the calls of one trunk share: the call slots, the attempt pacer, the registration."""
+    """What the calls of one trunk share: the call slots and the attempt pacer."""
 
     def __init__(self, target: PhoneTarget):
-        from aiolimiter import AsyncLimiter
-
         self.slots = asyncio.Semaphore(target.concurrency)
-        # A bucket of one: attempts evenly spaced, never a burst of a second's worth at once.
-        self.pacer = AsyncLimiter(1, 1 / target.calls_per_second)
-        self.registration: asyncio.Future | None = None
-        self.registration_at = 0.0
+        self.pacer = Pacer(target.calls_per_second)
 
 
 class PhoneProbe(IvrProbe):
@@ -604,7 +644,7 @@ class PhoneProbe(IvrProbe):
         """A call slot of the number's trunk, then its turn in the attempt pacing."""
         trunk = self._trunk(scenario.target)
         async with trunk.slots:
-            await trunk.pacer.acquire()
+            await trunk.pacer.wait()
             yield
 
     async def registered(self, ua: Any, trunk_settings: Trunk) -> None:

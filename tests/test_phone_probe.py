@@ -19,7 +19,7 @@ from cxtest.errors import ScenarioError
 from cxtest.loader import load_scenarios
 from cxtest.model import Outcome, Project, Result
 from cxtest.runner import Runner
-from probes.phone import Connect, Greeting, Hold, PhoneProbe
+from probes.phone import Connect, Greeting, Hold, Pacer, PhoneProbe
 from probes.voice import UserAgent
 from probes.voice.audio import silence
 from probes.voice.speech import synthesise
@@ -137,6 +137,24 @@ async def test_admission_spaces_attempts_by_the_calls_per_second_limit(tmp_path:
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert min(gaps) >= 0.04, gaps
     assert 0.42 <= times[-1] - times[0] <= 0.7
+
+
+async def test_the_pacer_keeps_its_grid_after_a_stall() -> None:
+    """After a 0.3 s stall at 20 a second, three overdue attempts go at once and the rest follow the grid: the rate holds."""
+    pacer = Pacer(20)
+    times = []
+    for _ in range(4):
+        await pacer.wait()
+        times.append(time.monotonic())
+    time.sleep(0.3)  # the event loop is busy elsewhere: six slots pass
+    for _ in range(8):
+        await pacer.wait()
+        times.append(time.monotonic())
+    after = times[4:]
+    assert after[3] - after[0] < 0.02  # the catch-up: the stall's attempts go back to back, at most 3 + 1
+    assert 0.04 <= after[4] - after[3] <= 0.07  # then on the grid again
+    # Slots 0-3, the stall, slots 6-9 at once (two older ones dropped), slots 10-13: the last at 13 / 20 s.
+    assert times[-1] - times[0] == pytest.approx(0.65, abs=0.03)
 
 
 async def test_admission_caps_the_calls_up_at_once(tmp_path: Path) -> None:

@@ -24,6 +24,12 @@ given work folder (the test's tmp_path), so a failing test can show it.
     with Kamailio(tmp_path, forward_to=b.address, user="alice", password="secret") as k:
         k.uri                    # "sip:127.0.0.1:PORT": INVITEs need digest auth (407), then go to b
 
+    with KamailioTrunk(tmp_path, {"+15550100": b, "+15550101": uas}, user="alice", password="secret") as trunk:
+        trunk.uri                # "sip:127.0.0.1:PORT": INVITEs need digest auth (407, 403 when wrong), then
+                                 # go to the dialled number's endpoint; any other number gets the trunk's 404
+        trunk.registered()       # the location table: {"alice": ["sip:..."]} once alice has REGISTERed
+        trunk.call_log()         # each INVITE and CANCEL: number, Call-ID, arrival time, what the trunk did
+
 Or through the `voice_peers` fixture (tests/conftest.py loads this module as a
 plugin), which stops every peer at teardown; a missing binary skips the test
 with the package to install:
@@ -32,6 +38,7 @@ with the package to install:
         uas = voice_peers.sipp_uas("uas_busy.xml")
         b = voice_peers.baresip()
         k = voice_peers.kamailio(forward_to=b.address)
+        trunk = voice_peers.trunk({"+15550100": b})
 
 SIPp facts this relies on (3.6.1): scenario keywords [name] come from
 `-key name value`; rtp_stream and play_pcap files are read when the scenario
@@ -74,11 +81,13 @@ HOST = "127.0.0.1"
 PEERS_DIR = Path(__file__).parent / "peers"
 SIPP_SCENARIOS = PEERS_DIR / "sipp"
 KAMAILIO_CFG = PEERS_DIR / "kamailio" / "kamailio.cfg"
+TRUNK_CFG = PEERS_DIR / "kamailio" / "trunk.cfg"
 BIND_LOOPBACK_C = PEERS_DIR / "baresip" / "bind_loopback.c"
 
 SIPP = "/usr/bin/sipp"
 BARESIP = "/usr/bin/baresip"
 KAMAILIO = "/usr/sbin/kamailio"
+KAMCMD = "/usr/sbin/kamcmd"
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
 KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 
@@ -786,20 +795,13 @@ def _bind_loopback_shim() -> Path | None:
 # =========================================================================== Kamailio
 
 
-class Kamailio(_Peer):
-    """Kamailio 5.6 as an authenticating, record-routing proxy (tests/peers/kamailio/kamailio.cfg).
-
-    INVITEs need digest credentials of user/password (407 challenge with qop=auth,
-    403 when wrong); they then go to the REGISTERed contact of the Request-URI user,
-    else to forward_to (host, port). UDP and TCP on the same port.
-    """
+class _Kamailio(_Peer):
+    """What both Kamailio set-ups share: loopback ports, digest credentials, start-up until OPTIONS gets 200."""
 
     name = "kamailio"
 
-    def __init__(self, workdir: Path, forward_to: tuple[str, int], *, user: str = "alice",
-                 password: str = "secret") -> None:
+    def __init__(self, workdir: Path, *, user: str = "alice", password: str = "secret") -> None:
         super().__init__(workdir)
-        self.forward_to = forward_to
         self.user = user
         self.password = password
         self.port = free_port()
@@ -814,46 +816,128 @@ class Kamailio(_Peer):
     def uri(self) -> str:
         return f"sip:{HOST}:{self.port}"
 
-    def start(self) -> Kamailio:
+    def _start(self, cfg: Path, defines: dict[str, str]) -> None:
         require_binary(KAMAILIO, "kamailio")
         for value in (self.user, self.password):
             if '"' in value or "\\" in value:
                 raise PeerError(f"Kamailio credentials cannot hold quotes or backslashes: {value!r}")
-        host, port = self.forward_to
+        defines = {**defines, "AUTH_USER": self.user, "AUTH_PASSWORD": self.password}
         self._spawn([
-            KAMAILIO, "-f", str(KAMAILIO_CFG),
+            KAMAILIO, "-f", str(cfg),
             "-DD",  # stay in the foreground (children are still forked): our child, stopped by pid
             "-E",  # log to stderr, i.e. our log file
             "-L", str(KAMAILIO_MODULES), "-Y", str(self.run_dir),
             "-l", f"udp:{HOST}:{self.port}", "-l", f"tcp:{HOST}:{self.port}",
             "-m", "32", "-M", "8",
-            "-A", f'FORWARD_URI="sip:{host}:{port}"',
-            "-A", f'AUTH_USER="{self.user}"',
-            "-A", f'AUTH_PASSWORD="{self.password}"',
+            *(arg for name, value in defines.items() for arg in ("-A", f'{name}="{value}"')),
         ])
-        self._wait_until(f"200 to OPTIONS on {HOST}:{self.port}", self._answers_options)
+        self._wait_until(f"200 to OPTIONS on {HOST}:{self.port}", lambda: _answers_options(self.port))
+
+
+class Kamailio(_Kamailio):
+    """Kamailio 5.6 as an authenticating, record-routing proxy (tests/peers/kamailio/kamailio.cfg).
+
+    INVITEs need digest credentials of user/password (407 challenge with qop=auth,
+    403 when wrong); they then go to the REGISTERed contact of the Request-URI user,
+    else to forward_to (host, port). UDP and TCP on the same port.
+    """
+
+    def __init__(self, workdir: Path, forward_to: tuple[str, int], *, user: str = "alice",
+                 password: str = "secret") -> None:
+        super().__init__(workdir, user=user, password=password)
+        self.forward_to = forward_to
+
+    def start(self) -> Kamailio:
+        host, port = self.forward_to
+        self._start(KAMAILIO_CFG, {"FORWARD_URI": f"sip:{host}:{port}"})
         return self
 
-    def _answers_options(self) -> bool:
-        """One OPTIONS ping to the proxy itself (the cfg answers it with 200)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((HOST, 0))
-            sock.settimeout(0.3)
-            local_port = sock.getsockname()[1]
-            call_id = uuid.uuid4().hex
-            request = (
-                f"OPTIONS sip:{HOST}:{self.port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK{call_id[:12]};rport\r\n"
-                f"From: <sip:probe@{HOST}:{local_port}>;tag={call_id[:8]}\r\n"
-                f"To: <sip:{HOST}:{self.port}>\r\n"
-                f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-            )
-            try:
-                sock.sendto(request.encode(), (HOST, self.port))
-                reply, _ = sock.recvfrom(65536)
-            except OSError:
-                return False
-        return reply.startswith(b"SIP/2.0 200")
+
+def _answers_options(port: int) -> bool:
+    """One OPTIONS ping to a Kamailio on HOST:port, addressed to itself (its cfg answers 200)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, 0))
+        sock.settimeout(0.3)
+        local_port = sock.getsockname()[1]
+        call_id = uuid.uuid4().hex
+        request = (
+            f"OPTIONS sip:{HOST}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK{call_id[:12]};rport\r\n"
+            f"From: <sip:probe@{HOST}:{local_port}>;tag={call_id[:8]}\r\n"
+            f"To: <sip:{HOST}:{port}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        try:
+            sock.sendto(request.encode(), (HOST, port))
+            reply, _ = sock.recvfrom(65536)
+        except OSError:
+            return False
+    return reply.startswith(b"SIP/2.0 200")
+
+
+class KamailioTrunk(_Kamailio):
+    """Kamailio 5.6 as a SIP trunk routing by dialled number (tests/peers/kamailio/trunk.cfg).
+
+    routes: number -> endpoint (a started peer, whose .uri is used, or a SIP URI). An
+          INVITE for that number (the Request-URI user) has its Request-URI rewritten to
+          the endpoint's and is relayed there; any other number gets 404 from the trunk.
+    INVITEs need digest credentials of user/password (407, then 403 when wrong);
+    REGISTER is challenged (401) and saved in the location table: registered().
+    call_log(): each initial INVITE and CANCEL it received: when, for which number, what it did.
+    """
+
+    name = "trunk"
+
+    def __init__(self, workdir: Path, routes: dict[str, Any], *, user: str = "alice",
+                 password: str = "secret") -> None:
+        super().__init__(workdir, user=user, password=password)
+        self.routes = {str(number): getattr(target, "uri", target) for number, target in routes.items()}
+        self.ctl_port = free_port()
+        self.numbers_dir = self.dir / "numbers"
+
+    def start(self) -> KamailioTrunk:
+        self._write_numbers()
+        self._start(TRUNK_CFG, {"NUMBERS_DB": f"text://{self.numbers_dir}", "CTL_SOCKET": f"tcp:{HOST}:{self.ctl_port}"})
+        return self
+
+    def _write_numbers(self) -> None:
+        """The htable's db_text table: one row per number (db_text escapes ':' in values as '\\:')."""
+        self.numbers_dir.mkdir()
+        (self.numbers_dir / "version").write_text(
+            "id(int,auto) table_name(string) table_version(int) \n0:numbers:2\n")
+        rows = ["id(int,auto) key_name(string) key_type(int) value_type(int) key_value(string) expires(int) "]
+        for index, (number, uri) in enumerate(self.routes.items(), start=1):
+            if not re.fullmatch(r"[+0-9A-Za-z*#._-]+", number) or not re.fullmatch(r"sip:[^\s\\]+", uri):
+                raise PeerError(f"trunk route {number!r} -> {uri!r}: numbers are dial strings, targets SIP URIs")
+            escaped = uri.replace(":", "\\:")
+            rows.append(f"{index}:{number}:0:0:{escaped}:0")
+        (self.numbers_dir / "numbers").write_text("\n".join(rows) + "\n")
+
+    def registered(self) -> dict[str, list[str]]:
+        """The location table (kamcmd ul.dump): AOR -> its contact URIs."""
+        require_binary(KAMCMD, "kamailio")
+        dump = subprocess.run([KAMCMD, "-s", f"tcp:{HOST}:{self.ctl_port}", "ul.dump"], capture_output=True,
+                              text=True, timeout=10)
+        if dump.returncode != 0:
+            raise PeerError(f"kamcmd ul.dump failed ({dump.returncode}): {dump.stderr or dump.stdout}")
+        table: dict[str, list[str]] = {}
+        aor = None
+        for line in dump.stdout.splitlines():
+            field, _, value = line.strip().partition(": ")
+            if field == "AoR":
+                aor = value
+                table[aor] = []
+            elif field == "Address" and aor is not None:
+                table[aor].append(value)
+        return table
+
+    def call_log(self) -> list[dict[str, Any]]:
+        """What the trunk logged of each call, in order: {"method", "stage", "number", "call_id", "at"}, where
+        "at" is epoch seconds and stage is, for an INVITE, "challenged" (no credentials: 407), "refused" (403),
+        "unknown" (404) or "routed" (relayed to the number's endpoint); for a CANCEL, "relayed"."""
+        pattern = re.compile(r"(INVITE|CANCEL) (\w+) number '([^']*)' call-id (\S+) at (\d+\.\d+)")
+        return [{"method": method, "stage": stage, "number": number, "call_id": call_id, "at": float(at)}
+                for method, stage, number, call_id, at in pattern.findall(self.log())]
 
 
 # =========================================================================== pytest fixtures
@@ -879,6 +963,10 @@ class VoicePeers:
 
     def kamailio(self, forward_to: tuple[str, int], **options: Any) -> Kamailio:
         return self._stack.enter_context(Kamailio(self.workdir, forward_to, **options))
+
+    def trunk(self, routes: dict[str, Any], **options: Any) -> KamailioTrunk:
+        """A Kamailio trunk routing each number of `routes` to its endpoint (a peer or a SIP URI)."""
+        return self._stack.enter_context(KamailioTrunk(self.workdir, routes, **options))
 
     def close(self) -> None:
         self._stack.close()

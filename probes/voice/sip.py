@@ -86,6 +86,11 @@ def _synthetic(status: int, reason: str) -> Response:
     return Response(status, reason)
 
 
+def _arrival(message: Message) -> float:
+    """When a message reached us (time.monotonic(), stamped by the transport); now for one we made up."""
+    return getattr(message, "arrival", None) or time.monotonic()
+
+
 def sip_uri(text: str) -> URI:
     """Parse a sip:/sips: URI, or say what a valid one looks like."""
     try:
@@ -655,6 +660,7 @@ class UserAgent:
         await call._open_media()
         offer = call._local_sdp().encode()
         extra = dict(headers or {})
+        call.started_at = time.monotonic()  # post-dial delay and answer time count from the INVITE, not the socket set-up
         try:
             response = await self._invite_with_auth(call, target, first_hop, from_addr, offer, extra, no_answer_timeout)
         except asyncio.CancelledError:
@@ -696,6 +702,9 @@ class UserAgent:
                 except AuthError as e:
                     call.reason_detail = str(e)
                     return response
+                # The call's clock leaves out our own time between the challenge and our answer to it:
+                # a busy event loop is not the network's post-dial delay.
+                call.started_at += time.monotonic() - _arrival(response)
                 continue
             return response
         return response
@@ -742,7 +751,7 @@ class UserAgent:
         call._end("dialling cancelled")
 
     def _provisional(self, call: Call, response: Response) -> None:
-        call.progress.append(Progress(time.monotonic() - call.started_at, response.code, response.phrase))
+        call.progress.append(Progress(_arrival(response) - call.started_at, response.code, response.phrase))
         if response.code in (180, 183) and response.body and call.negotiated is None:
             try:
                 call._take_answer(response.body, answerer=False)
@@ -754,7 +763,7 @@ class UserAgent:
     def _settle_call(self, call: Call, response: Response, target: URI, first_hop: Peer, from_addr: str) -> None:
         call.status, call.reason = response.code, response.phrase
         if not call.progress or call.progress[-1].status != response.code:
-            call.progress.append(Progress(time.monotonic() - call.started_at, response.code, response.phrase))
+            call.progress.append(Progress(_arrival(response) - call.started_at, response.code, response.phrase))
         if not 200 <= response.code < 300:
             call._end(f"{'cancelled' if call.cancelled and response.code == 487 else 'failed'}: {response.code} {response.phrase}")
             return
@@ -774,7 +783,7 @@ class UserAgent:
         ack = call._acks[call._invite["cseq"]] = self._in_dialog_request(call, "ACK", cseq=call._invite["cseq"])
         call._record("sent", call._dialog.peer, ack)
         self._send_now(ack, call._dialog.peer)
-        call.answered_at = time.monotonic()
+        call.answered_at = _arrival(response)
         try:
             if response.body:
                 call._take_answer(response.body, answerer=False)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,15 +43,65 @@ OnMessage = Callable[[Message, Peer, bytes], None]
 OnGarbage = Callable[[Peer, bytes, str], None]
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, transport: SipTransport):
-        self.owner = transport
+# Linux's SO_TIMESTAMPNS (the socket module does not name it): each datagram comes with the time
+# the kernel received it, as a struct timespec of CLOCK_REALTIME.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_DRAIN = 64  # datagrams read per wake-up at most, so other sockets get their turn
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.owner._received(data, Peer("UDP", addr[0], addr[1]))
 
-    def error_received(self, exc: Exception) -> None:  # ICMP errors on loopback; the transaction timers decide
-        log.debug("sip.udp_error", error=str(exc))
+class _Datagrams:
+    """The UDP socket, read with recvmsg: every queued datagram per wake-up, each stamped with its kernel arrival.
+
+    asyncio's datagram transport reads one datagram per pass of the event loop and the
+    time it is read is all one knows; after a stall, a 180 Ringing was timed by when we got
+    round to it (up to a second late in bench/number_sweep.py) and resends fired before the
+    responses already waiting were read. The kernel's receive time keeps post-dial delay
+    and answer times true to the wire whatever the loop was doing.
+    """
+
+    def __init__(self, owner: SipTransport, sock: socket.socket):
+        self.owner, self.sock = owner, sock
+        self.stamped = True
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            self.stamped = False  # not Linux: the time we read it
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._read_ready)
+
+    def _read_ready(self) -> None:
+        to_monotonic = time.monotonic() - time.time()
+        for _ in range(_DRAIN):
+            try:
+                data, ancillary, _flags, addr = self.sock.recvmsg(MAX_MESSAGE + 1, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error from an earlier send; the transaction timers decide
+                log.debug("sip.udp_error", error=str(exc))
+                continue
+            arrival = time.monotonic()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    arrival = min(arrival, seconds + nanoseconds / 1e9 + to_monotonic)
+            self.owner._received(data, Peer("UDP", addr[0], addr[1]), arrival)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            log.warning("sip.udp_send_buffer_full", peer=f"{addr[0]}:{addr[1]}")  # lost like any datagram: timers resend
+        except OSError as exc:
+            log.debug("sip.udp_error", error=str(exc))
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock.getsockname() if name == "sockname" else None
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 class _Stream:
@@ -71,7 +124,7 @@ class _Stream:
                     self.owner._garbage(self.peer, head, f"Content-Length {length} too large")
                     break
                 body = await self.reader.readexactly(length) if length else b""
-                self.owner._received(head + body, self.peer)
+                self.owner._received(head + body, self.peer, time.monotonic())
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
@@ -92,16 +145,22 @@ class SipTransport:
     def __init__(self, host: str, port: int, on_message: OnMessage, on_garbage: OnGarbage, *, tcp: bool = True):
         self.host, self.port, self.tcp = host, port, tcp
         self.on_message, self.on_garbage = on_message, on_garbage
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _Datagrams | None = None
         self._server: asyncio.base_events.Server | None = None
         self._streams: dict[tuple[str, int], _Stream] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future] = {}
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         # Port 0 lets the OS choose the UDP port; TCP then listens on the same number.
         for _ in range(20):
-            udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=(self.host, self.port))
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((self.host, self.port))
+            except OSError:
+                sock.close()
+                raise
+            udp = _Datagrams(self, sock)
             port = udp.get_extra_info("sockname")[1]
             if not self.tcp:
                 break
@@ -121,7 +180,7 @@ class SipTransport:
         peer = Peer("TCP", host, port)
         self._streams[peer.addr] = _Stream(self, reader, writer, peer)
 
-    def _received(self, data: bytes, peer: Peer) -> None:
+    def _received(self, data: bytes, peer: Peer, arrival: float) -> None:
         if not data.strip():
             return  # keep-alive
         try:
@@ -129,6 +188,7 @@ class SipTransport:
         except (ValueError, UnicodeDecodeError, IndexError) as e:
             self._garbage(peer, data, str(e) or type(e).__name__)
             return
+        message.arrival = arrival  # time.monotonic() when it reached us: the kernel's stamp for UDP
         self.on_message(message, peer, data)
 
     def _garbage(self, peer: Peer, data: bytes, why: str) -> None:
