@@ -353,6 +353,139 @@ def status(
 
 
 @app.command()
+def stress(
+    path: Annotated[Path, typer.Argument(help="The scenario file to stress.", show_default=False)],
+    scenario_id: Annotated[Optional[str], typer.Option("--scenario", help="Which scenario, when the file holds several (a phone inventory).")] = None,
+    users: Annotated[Optional[int], typer.Option(min=1, help="Constant users (with --duration).")] = None,
+    duration: Annotated[Optional[str], typer.Option(help="How long: 30s, 5m.")] = None,
+    stage: Annotated[Optional[list[str]], typer.Option("--stage", help="Ramp: DURATION:TARGET, repeatable (30s:100 --stage 1m:100 --stage 10s:0).")] = None,
+    rate: Annotated[Optional[float], typer.Option(min=0.001, help="Iterations started a second (constant arrival rate).")] = None,
+    max_users: Annotated[Optional[int], typer.Option(min=1, help="With --rate: iterations at once at most.")] = None,
+    think: Annotated[Optional[str], typer.Option(help="Pause between steps: 1s, or 0.5s-2s.")] = None,
+    threshold: Annotated[Optional[list[str]], typer.Option("--threshold", help="k6-style: 'p95(turn_latency) < 800ms', 'rate(failed) < 1%' (repeatable).")] = None,
+    abort_on_fail: Annotated[bool, typer.Option("--abort-on-fail", help="Stop as soon as a threshold is clearly lost.")] = False,
+    max_duration: Annotated[Optional[str], typer.Option(help="Hard stop, whatever the shape says.")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes (0: one per core).")] = 0,
+    ray: Annotated[Optional[str], typer.Option(help="Run the workers as Ray actors on the cluster at this address.")] = None,
+    json_stream: Annotated[bool, typer.Option("--json", help="One JSON line a second on stdout instead of the live table.")] = False,
+    html: Annotated[Optional[Path], typer.Option(help="Write the HTML report here.")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Do not save each iteration's result.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a stress run against anything but this machine.")] = False,
+) -> None:
+    """Run one scenario as many virtual users at once; thresholds decide the exit code (0 held, 1 broken, 3 untested, 130 Ctrl-C)."""
+    from pydantic import ValidationError
+
+    from cxtest.loader import find_project_file
+    from cxtest.stress import StressJob, StressPlan, remote_hosts
+
+    project, scenarios = _load([path])
+    if scenario_id is not None:
+        scenarios = [s for s in scenarios if s.id == scenario_id]
+    if len(scenarios) != 1:
+        ids = ", ".join(s.id for s in scenarios[:5]) or "none"
+        console.print(f"stress runs one scenario; {path} gives {len(scenarios)} ({ids}): pick one with --scenario ID", style="red")
+        raise typer.Exit(EXIT_USAGE)
+    [scenario] = scenarios
+    given = scenario.stress.model_dump(exclude_unset=True) if scenario.stress else {}
+    options = {
+        "users": users, "duration": duration, "rate": rate, "max_users": max_users, "max_duration": max_duration,
+        "stages": [_stage(text) for text in stage] if stage else None,
+        "think": think.split("-", 1) if think and "-" in think else think,
+        "thresholds": threshold, "abort_on_fail": abort_on_fail or None,
+    }
+    if options["stages"] or options["rate"] is not None or options["users"] is not None:
+        for shape in ("users", "rate", "stages", "duration"):  # a shape on the command line replaces the file's
+            given.pop(shape, None)
+    try:
+        plan = StressPlan.model_validate({**given, **{k: v for k, v in options.items() if v is not None}})
+    except (ValidationError, ValueError) as exc:
+        console.print(f"stress plan: {escape(_first_error(exc))}", style="red")
+        raise typer.Exit(EXIT_USAGE) from None
+    console.print(f"stress {escape(scenario.name)}: {plan.describe()}" + (f"; thresholds: {'; '.join(plan.thresholds)}" if plan.thresholds else ""))
+    far = remote_hosts(scenario.target)
+    if far and not yes:
+        console.print(f"the target is not this machine ({', '.join(far)}): say --yes to send this load to it", style="red")
+        raise typer.Exit(EXIT_USAGE)
+    project_file = find_project_file(path)
+    job = StressJob(
+        scenario_file=str(path.resolve()), scenario_id=scenario.id, plan=plan,
+        project_file=str(project_file) if project_file else None,
+        store_url=None if no_store else store_url(project, store),
+        artifacts_root=str((project.root / project.artifacts).resolve()), workers=workers, ray_address=ray,
+        environment={k: v for k, v in os.environ.items() if k.startswith("CXTEST_")},
+    )
+    outcome = _stress_live(job, plan, json_stream)
+    if html is not None:
+        from cxtest.reports.stress import write_stress_html
+
+        html.parent.mkdir(parents=True, exist_ok=True)
+        write_stress_html(outcome, html)
+    _stress_summary(outcome, json_stream)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _stage(text: str) -> dict[str, str]:
+    length, _, target = text.partition(":")
+    if not target:
+        raise typer.BadParameter(f"--stage {text!r}: DURATION:TARGET, e.g. 30s:100")
+    return {"duration": length, "target": target}
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}" if where else first["msg"].removeprefix("Value error, ")
+    return str(exc)
+
+
+def _stress_live(job: Any, plan: Any, json_stream: bool) -> Any:
+    from rich.live import Live
+
+    from cxtest.stress import run_stress
+    from cxtest.stress.live import json_line, render
+
+    if json_stream:
+        def tick(snapshot: Any, totals: Any, verdicts: Any) -> None:
+            line = json_line(snapshot.t, snapshot.users, snapshot.started, totals, verdicts)
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+
+        return run_stress(job, on_tick=tick)
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        def show(snapshot: Any, totals: Any, verdicts: Any) -> None:
+            live.update(render(plan, snapshot.t, snapshot.users, snapshot.started, totals, verdicts))
+
+        return run_stress(job, on_tick=show)
+
+
+def _stress_summary(outcome: Any, json_stream: bool) -> None:
+    totals = outcome.totals
+    if json_stream:
+        summary = {
+            "stress_id": outcome.job.stress_id, "exit_code": outcome.exit_code, "interrupted": outcome.interrupted,
+            "aborted": outcome.aborted, "errors": outcome.errors, "runs": dict(totals.runs),
+            "thresholds": [{"threshold": v.threshold.text, "seen": v.seen, "ok": v.ok, "text": v.text} for v in outcome.verdicts],
+        }
+        sys.stdout.write(json.dumps({"summary": summary}) + "\n")
+        return
+    for error in outcome.errors:
+        console.print(f"worker: {escape(error)}", style="red")
+    if outcome.interrupted:
+        console.print("stopped by Ctrl-C: the figures cover what finished", style="yellow")
+    if outcome.aborted:
+        console.print(f"aborted: {escape(outcome.aborted)} was clearly lost", style="red")
+    finished = sum(totals.runs.values())
+    parts = ", ".join(f"{count} {name}" for name, count in sorted(totals.runs.items())) or "none finished"
+    out.print(f"{finished} iterations in {outcome.duration:.1f}s ({parts}); stress id {outcome.job.stress_id}")
+    for verdict in outcome.verdicts:
+        mark = "[green]✓[/]" if verdict.ok else "[red]✗[/]"
+        out.print(f"{mark} {escape(verdict.text)}")
+
+
+@app.command()
 def monitor(
     paths: Paths = None,
     location: Annotated[Optional[str], typer.Option(help="This agent's location (default from cxtest.yaml).")] = None,

@@ -200,6 +200,49 @@ class Source(Frozen):
     line: int = 1
 
 
+class Stage(Frozen):
+    """Move linearly to `target` users (or iterations a second, with `rate`) over `duration`."""
+
+    target: float = Field(ge=0)
+    duration: Duration
+
+
+def _think(value: Any) -> Any:
+    """`1s` means exactly one second; `[0.5s, 2s]` a uniform pause between the two."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"think {value!r}: one duration, or [shortest, longest]")
+        return tuple(parse_duration(v) for v in value)
+    seconds = parse_duration(value)
+    return (seconds, seconds)
+
+
+class StressSettings(Frozen):
+    """`stress:` in a scenario: how `cxtest stress` runs it unless its options say otherwise (see cxtest.stress.plan)."""
+
+    users: int | None = Field(None, ge=1)
+    rate: float | None = Field(None, gt=0)  # iterations started a second
+    stages: tuple[Stage, ...] = ()  # ramping users, or a ramping rate with `rate`
+    duration: Duration | None = None
+    max_users: int | None = Field(None, ge=1)  # with rate: users (iterations at once) at most
+    think: Annotated[tuple[float, float] | None, BeforeValidator(_think)] = None
+    thresholds: tuple[str, ...] = ()
+    abort_on_fail: bool = False
+    max_duration: Duration | None = None  # the hard stop
+    graceful_stop: Duration = 30.0  # after the shape ends, running iterations get this long to finish
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from cxtest.stress.thresholds import parse_threshold
+
+        for text in value:
+            parse_threshold(text)
+        return value
+
+
 class Scenario(Frozen):
     id: str
     name: str
@@ -215,6 +258,7 @@ class Scenario(Frozen):
     step_timeout: Duration = 10.0
     retries: int = Field(0, ge=0, le=10)
     retry_delay: Duration = 0.0  # wait between a failed attempt and its retry
+    stress: StressSettings | None = None  # how `cxtest stress` runs it
     source: Source = Source(file="<memory>")
 
 

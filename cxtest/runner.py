@@ -10,6 +10,7 @@ This is the one place where exceptions become outcomes:
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import secrets
 import time
@@ -55,12 +56,16 @@ class Runner:
         artifacts_root: Path | None = None,
         run_id: str | None = None,
         store: Any = None,
+        think: tuple[float, float] | None = None,
+        evidence: "EvidenceSampler | None" = None,
     ):
         self.project = project or Project(root=Path.cwd())
         self.concurrency = concurrency or self.project.concurrency
         self.run_id = run_id or new_run_id()
         self.artifacts_root = (artifacts_root or self.project.root / self.project.artifacts).resolve()
         self.store = store
+        self.think = think  # (min, max) seconds a customer pauses between steps: stress runs
+        self.evidence = evidence  # which runs keep their evidence; None: every run
         self._probes: dict[str, Probe] = {}
 
     async def __aenter__(self) -> "Runner":
@@ -94,7 +99,7 @@ class Runner:
         instead: the phone probe paces call attempts and caps calls per trunk.
         """
         limit = asyncio.Semaphore(self.concurrency)
-        writer = _BatchWriter(self.store) if self.store is not None else None
+        writer = BatchWriter(self.store) if self.store is not None else None
 
         async def one(scenario: Scenario) -> Result:
             admission = getattr(self.probe(scenario.channel), "admission", None)
@@ -130,20 +135,24 @@ class Runner:
         *,
         admit: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
         on_attempt: Callable[[], None] | None = None,
+        iteration: str | None = None,
     ) -> Result:
         """One scenario with its retries, `retry_delay` apart; a pass after a failed attempt is marked flaky.
+
+        `iteration` names this run's artifacts folder below the scenario's, when one scenario
+        runs many times in one run id (a stress exercise).
 
         Each attempt runs inside `admit()` (a concurrency slot), which the scenario's clock does
         not count; the delay between attempts holds no slot, so a retest waiting minutes leaves
         its place to other runs.
         """
         attempt = 1
-        result = await self._attempt_in(scenario, attempt, admit, on_attempt)
+        result = await self._attempt_in(scenario, attempt, admit, on_attempt, iteration)
         while result.outcome in (Outcome.failed, Outcome.error) and attempt <= scenario.retries:
             attempt += 1
             log.info("retrying", scenario=scenario.id, attempt=attempt, after=result.message, delay=scenario.retry_delay)
             await asyncio.sleep(scenario.retry_delay)
-            result = await self._attempt_in(scenario, attempt, admit, on_attempt)
+            result = await self._attempt_in(scenario, attempt, admit, on_attempt, iteration)
         if attempt == 1:
             return result
         flaky = result.outcome in (Outcome.passed, Outcome.degraded)
@@ -155,22 +164,27 @@ class Runner:
         attempt: int,
         admit: Callable[[], AbstractAsyncContextManager[Any]] | None,
         on_attempt: Callable[[], None] | None,
+        iteration: str | None = None,
     ) -> Result:
         if admit is None:
-            return await self._attempt(scenario, attempt)
+            return await self._attempt(scenario, attempt, iteration)
         async with admit():
             if on_attempt:
                 on_attempt()
-            return await self._attempt(scenario, attempt)
+            return await self._attempt(scenario, attempt, iteration)
 
-    async def _attempt(self, scenario: Scenario, attempt: int) -> Result:
+    async def _attempt(self, scenario: Scenario, attempt: int, iteration: str | None = None) -> Result:
         folder = self.artifacts_root / self.run_id / _slug(scenario.id)
+        if iteration is not None:
+            folder = folder / iteration
         ctx = RunContext(
             run_id=self.run_id,
             artifacts_dir=folder if attempt == 1 else folder / f"attempt-{attempt}",
             location=self.project.location,
             attempt=attempt,
         )
+        if self.evidence is not None:
+            ctx.keep_passing_evidence, ctx.keep_failing_evidence = self.evidence.decide()
         started_at = datetime.now(timezone.utc)
         clock = time.perf_counter()
         steps: list[StepResult] = []
@@ -192,16 +206,48 @@ class Runner:
         for index in range(len(steps), len(scenario.steps)):
             steps.append(_step(scenario, index, Outcome.skipped, time.perf_counter(), time.perf_counter(), ""))
         duration = time.perf_counter() - clock
+        if self.evidence is not None and ctx.failed and ctx.keep_failing_evidence:
+            self.evidence.kept_failure()
         return _result(scenario, ctx, steps, started_at, duration)
 
     async def _steps(self, scenario: Scenario, ctx: RunContext, clock: float, steps: list[StepResult]) -> None:
         probe = self.probe(scenario.channel)
         async with probe.session(scenario, ctx) as session:
-            for index, step in enumerate(scenario.steps):
-                result = await _run_step(session, scenario, index, step, ctx, clock)
-                steps.append(result)
-                if result.outcome in (Outcome.failed, Outcome.error):
-                    return
+            try:
+                for index, step in enumerate(scenario.steps):
+                    if index and self.think is not None:
+                        await asyncio.sleep(random.uniform(*self.think))
+                    result = await _run_step(session, scenario, index, step, ctx, clock)
+                    steps.append(result)
+                    if result.outcome in (Outcome.failed, Outcome.error):
+                        ctx.failed = True  # before the session closes: it keeps the evidence of a failure
+                        return
+            except BaseException:
+                ctx.failed = True
+                raise
+
+
+class EvidenceSampler:
+    """Which runs of a stress exercise keep their evidence: the first few, then one in `every`; failures up to a budget.
+
+    Thousands of recordings or transcripts of runs that passed help nobody and cost the
+    disk and CPU the load should have; every failure's evidence is wanted until there
+    are plenty of them.
+    """
+
+    def __init__(self, first: int = 5, every: int = 100, failures: int = 200):
+        self.first, self.every, self.failures = first, every, failures
+        self.runs = 0
+        self.failures_kept = 0
+
+    def decide(self) -> tuple[bool, bool]:
+        """(keep this run's evidence if it passes, keep it if it fails)."""
+        self.runs += 1
+        passing = self.runs <= self.first or self.runs % self.every == 0
+        return passing, self.failures_kept < self.failures
+
+    def kept_failure(self) -> None:
+        self.failures_kept += 1
 
 
 async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx: RunContext, clock: float) -> StepResult:
@@ -309,7 +355,7 @@ def _result(scenario: Scenario, ctx: RunContext, steps: list[StepResult], starte
     )
 
 
-class _BatchWriter:
+class BatchWriter:
     """Saves results in batches on a worker thread, so the store never stalls the event loop."""
 
     # Large batches: saving while requests are in flight steals the CPU their latency is measured on.

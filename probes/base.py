@@ -29,6 +29,14 @@ class RunContext:
     attempt: int = 1
     variables: dict[str, Any] = field(default_factory=dict)
     wrote_artifacts: bool = False  # saves a folder scan per run when nothing was kept
+    failed: bool = False  # a step failed or errored: set by the runner before the session closes
+    keep_passing_evidence: bool = True  # a stress exercise keeps a sample only
+    keep_failing_evidence: bool = True
+
+    @property
+    def wants_evidence(self) -> bool:
+        """Whether a probe should keep this run's recordings, transcripts and traces."""
+        return self.keep_failing_evidence if self.failed else self.keep_passing_evidence
 
     def artifact_path(self, name: str) -> Path:
         self.wrote_artifacts = True

@@ -294,7 +294,8 @@ class HttpSession:
         evidence = {}
         if any(c.outcome is not Outcome.passed for c in checks):
             evidence = {"request": redact(_request_text(response.request)), "response": redact(_response_text(response))}
-            self.ctx.write_text(f"step-{index + 1}-response.txt", evidence["response"])
+            if self.ctx.keep_failing_evidence:
+                self.ctx.write_text(f"step-{index + 1}-response.txt", evidence["response"])
         return Observation(checks=tuple(checks), measures=measures, evidence=evidence)
 
     def _judge(self, expect: HttpExpect, response: httpx.Response, body: _Body, measures: dict[str, float]) -> list[CheckResult]:

@@ -563,7 +563,8 @@ class PhoneSession(IvrSession):
     async def close(self) -> None:
         call = self.call
         if call is not None and call.media is None:
-            self.ctx.write_text("sip-trace.txt", call.trace_text())  # no audio: only the signalling to keep
+            if self.ctx.wants_evidence:
+                self.ctx.write_text("sip-trace.txt", call.trace_text())  # no audio: only the signalling to keep
             return
         await super().close()
 

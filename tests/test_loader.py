@@ -184,7 +184,7 @@ def test_unknown_key_without_close_match_lists_the_keys_a_user_may_write() -> No
     """With no close match the allowed keys are listed, without keys the loader fills in itself (source)."""
     assert problems_in(GOOD + "owner: billing-team\n") == [
         "bad.yaml:6:1 owner: unknown key 'owner'; expected one of: alert, channel, description, id, name,"
-        " retries, retry_delay, schedule, step_timeout, steps, tags, target, thresholds, timeout"
+        " retries, retry_delay, schedule, step_timeout, steps, stress, tags, target, thresholds, timeout"
     ]
 
 
@@ -414,7 +414,7 @@ def test_every_problem_in_a_file_is_reported_sorted_by_line() -> None:
     """
     assert problems_in(text) == [
         "bad.yaml:1:1 zzz: unknown key 'zzz'; expected one of: alert, channel, description, id, name,"
-        " retries, retry_delay, schedule, step_timeout, steps, tags, target, thresholds, timeout",
+        " retries, retry_delay, schedule, step_timeout, steps, stress, tags, target, thresholds, timeout",
         "bad.yaml:5:10 retries: expected a whole number, got 'many'",
         "bad.yaml:8:14 steps[0].expect.stauts: unknown key 'stauts'; did you mean 'status'?",
         "bad.yaml:9:10 timeout: bad duration '5 sec': use a number with ms, s, m or h, e.g. 1.5s",

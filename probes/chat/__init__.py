@@ -214,7 +214,7 @@ class ChatSession:
     async def close(self) -> None:
         if self.conversation is not None:
             await self.conversation.close()
-        if self.transcript:  # the text form is in a failed step's evidence; this is the whole record, raw replies included
+        if self.transcript and self.ctx.wants_evidence:  # the text form is in a failed step's evidence; this is the whole record
             self.ctx.write_text("transcript.json", json.dumps(self.transcript, indent=2, default=str))
 
 

@@ -385,10 +385,10 @@ class WebSession:
             self.record.gone.remove_done_callback(self._browser_gone)  # the browser outlives this run
         if self.context is None:
             return
-        if self.failed and not self.broken.done() and not self.uncommitted:
+        if self.failed and self.ctx.keep_failing_evidence and not self.broken.done() and not self.uncommitted:
             await self._failure_evidence()
         if self.target.trace != "off" and not (self.broken.done() and self.broken.result() == "browser"):
-            keep = self.target.trace == "on" or self.failed
+            keep = self.ctx.wants_evidence and (self.target.trace == "on" or self.failed)
             try:
                 path = self.ctx.artifact_path("trace.zip") if keep else None
                 await asyncio.wait_for(self.context.tracing.stop(path=path), CLOSE_TIMEOUT)

@@ -1,0 +1,207 @@
+"""Stress exercises: one scenario run by many virtual users at once, with a verdict from thresholds.
+
+    outcome = run_stress(StressJob(scenario_file=..., scenario_id=..., plan=plan), on_tick=show)
+    outcome.verdicts, outcome.exit_code
+
+The coordinator starts the workers (one process per core here, or Ray actors on a
+cluster), merges what each sends every second into one Metrics (histograms add up
+exactly: no averages of percentiles), keeps a per-second snapshot for the plots,
+judges the thresholds as it goes (to abort a clearly lost run) and at the end.
+Ctrl-C stops the workers cleanly; what finished is still reported.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from cxtest.stress.plan import StressPlan
+from cxtest.stress.stats import Metrics
+from cxtest.stress.thresholds import Verdict, clearly_lost, judge, parse_threshold
+from cxtest.stress.worker import Delta, LocalWorkers, WorkerConfig, step_kinds
+
+__all__ = ["Snapshot", "StressJob", "StressOutcome", "StressPlan", "new_stress_id", "run_stress", "step_kinds"]
+
+START_SPARE_S = 3.0  # workers load the scenario and its probes before the shared start time
+COLLECT_S = 1.0
+ABORT_AFTER_RUNS = 100  # a threshold is judged "clearly lost" only on this many finished iterations
+
+
+def new_stress_id() -> str:
+    return "stress-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class StressJob:
+    """What to stress and how: the scenario (by file and id), the plan, where results go."""
+
+    scenario_file: str
+    scenario_id: str
+    plan: StressPlan
+    project_file: str | None = None
+    stress_id: str = field(default_factory=new_stress_id)
+    store_url: str | None = None
+    artifacts_root: str = "artifacts"
+    workers: int = 0  # 0: one per core
+    ray_address: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Snapshot:
+    """One second of the whole exercise: users running, iterations started, and what finished in it."""
+
+    t: float
+    users: int
+    started: int
+    metrics: Metrics
+
+
+@dataclass
+class StressOutcome:
+    job: StressJob
+    started_at: datetime
+    totals: Metrics
+    snapshots: list[Snapshot]
+    verdicts: list[Verdict]
+    duration: float
+    interrupted: bool = False
+    aborted: str | None = None  # the threshold that was clearly lost
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def finished_runs(self) -> int:
+        return sum(self.totals.runs.values())
+
+    @property
+    def exit_code(self) -> int:
+        """0 every threshold held, 1 one did not (or the run was aborted for it), 3 nothing could be tested, 130 Ctrl-C."""
+        if self.interrupted:
+            return 130
+        if self.errors or not self.finished_runs or self.totals.runs.get("error", 0) == self.finished_runs:
+            return 3
+        return 0 if all(v.ok for v in self.verdicts) and self.aborted is None else 1
+
+
+def _hosts(job: StressJob, configs: list[WorkerConfig]) -> Any:
+    if job.ray_address:
+        from cxtest.stress.cluster import RayWorkers
+
+        return RayWorkers(job.ray_address, configs)
+    return LocalWorkers(configs)
+
+
+def _cluster_cpus(address: str) -> int:
+    from cxtest.stress.cluster import cluster_cpus
+
+    return cluster_cpus(address)
+
+
+def run_stress(
+    job: StressJob,
+    *,
+    on_tick: Callable[[Snapshot, Metrics, list[Verdict]], None] | None = None,
+    now: Callable[[], float] = time.time,
+) -> StressOutcome:
+    """Run the exercise to its end (or Ctrl-C, or an abort); on_tick sees every second's snapshot and the totals."""
+    plan = job.plan
+    thresholds = [parse_threshold(text) for text in plan.thresholds]
+    count = job.workers or (_cluster_cpus(job.ray_address) if job.ray_address else os.cpu_count() or 1)
+    starts = now() + START_SPARE_S
+    configs = [
+        WorkerConfig(
+            scenario_file=job.scenario_file, scenario_id=job.scenario_id, project_file=job.project_file,
+            plan=plan.model_dump(), index=i, workers=count, stress_id=job.stress_id, store_url=job.store_url,
+            artifacts_root=job.artifacts_root, started_at=starts, environment=job.environment,
+        )
+        for i in range(count)
+    ]
+    started_at = datetime.now(timezone.utc)
+    totals = Metrics()
+    snapshots: list[Snapshot] = []
+    users: dict[int, int] = {}
+    interrupted, aborted = False, None
+    hard_stop = starts + plan.length + plan.graceful_stop + 30
+    hosts = _hosts(job, configs)
+    try:
+        stopping = False
+        while not hosts.finished:
+            try:
+                time.sleep(COLLECT_S)
+            except KeyboardInterrupt:
+                interrupted = True
+                hosts.stop()
+                stopping = True
+                hard_stop = min(hard_stop, now() + plan.graceful_stop + 5)
+            deltas = hosts.collect()
+            if not deltas and now() < starts:
+                continue  # the workers are still loading the scenario
+            snapshot = _merge(deltas, users, now() - starts)
+            totals.merge(snapshot.metrics)
+            snapshots.append(snapshot)
+            verdicts = judge(thresholds, totals)
+            if on_tick is not None:
+                on_tick(snapshot, totals, verdicts)
+            if plan.abort_on_fail and aborted is None and not stopping:
+                lost = next((t for t in thresholds if clearly_lost(t, totals, ABORT_AFTER_RUNS)), None)
+                if lost is not None:
+                    aborted = lost.text
+                    hosts.stop()
+                    stopping = True
+            if now() > hard_stop:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        hosts.stop()
+    finally:
+        hosts.close()
+    errors = list(getattr(hosts, "errors", []))
+    return StressOutcome(
+        job=job, started_at=started_at, totals=totals, snapshots=snapshots, verdicts=judge(thresholds, totals),
+        duration=max(0.0, now() - starts), interrupted=interrupted, aborted=aborted, errors=errors,
+    )
+
+
+def _merge(deltas: list[Delta], users: dict[int, int], t: float) -> Snapshot:
+    metrics = Metrics()
+    started = 0
+    for delta in deltas:
+        metrics.merge(Metrics.decode(delta.metrics))
+        started += delta.started
+        users[delta.worker] = 0 if delta.done else delta.users
+    return Snapshot(t=t, users=sum(users.values()), started=started, metrics=metrics)
+
+
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def remote_hosts(target: Any) -> list[str]:
+    """Hosts a scenario's target names that are not this machine's loopback (URLs, SIP URIs, host:port)."""
+    import re
+
+    data = target.model_dump() if hasattr(target, "model_dump") else target
+    texts: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(data)
+    hosts: set[str] = set()
+    for text in texts:
+        for match in re.finditer(r"(?:[a-z][a-z0-9+.-]*://(?:[^@/\s]*@)?|sips?:(?:[^@\s]*@)?)(\[[^\]]+\]|[^:/;?\s>]+)", text, re.IGNORECASE):
+            host = match.group(1)
+            if host and not host.startswith(_LOOPBACK) and "{" not in host:
+                hosts.add(host)
+    return sorted(hosts)

@@ -1,0 +1,399 @@
+"""What the iterations of a stress exercise did, in a form that merges exactly across processes.
+
+Counters add up and HDR histograms add up bucket by bucket, so the totals of many workers
+are the same figures one process would have counted: percentiles are read from merged
+histograms, never averaged.
+
+Values are integers in the histograms: durations (seconds) in microseconds, other measures
+times 1000, `level` (dBFS, negative) negated first. Range 1 µs .. 1 h, 3 significant digits:
+a value read back is within 0.1% of what was recorded.
+
+record() is on the hot path (thousands of iterations a second): it only appends raw values
+to per-metric lists; they go into the histograms in one numpy pass when anything reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections import Counter
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+from hdrh.codec import HdrCookieException, HdrLengthException
+from hdrh.histogram import HdrHistogram
+
+from cxtest.checks import SECONDS
+from cxtest.model import Outcome, Result
+
+LOWEST = 1
+HIGHEST = 3_600_000_000  # one hour in microseconds
+DIGITS = 3
+OUTCOMES = ("passed", "degraded", "failed", "error")
+RATES = (*OUTCOMES, "checks", "dropped")
+NEGATED = frozenset({"level"})  # dBFS: always <= 0, and HDR histograms hold no negative values
+MAX_REASONS = 200  # distinct error reasons kept; the rest count under OTHER_REASONS
+OTHER_REASONS = "(other reasons)"
+FLUSH_EVERY = 4096  # recorded iterations between two numpy passes, so pending values stay bounded
+_PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
+
+
+def measure_of(metric: str) -> str:
+    """The measure a metric name is about: `step:hear 'Hi'.prompt_latency` -> prompt_latency."""
+    return metric.rpartition(".")[2] if metric.startswith("step:") else metric
+
+
+def is_seconds(metric: str) -> bool:
+    """Whether a metric is a duration in seconds (the rule of checks.show_measure, plus *duration)."""
+    name = measure_of(metric)
+    return name in SECONDS or name.endswith(("latency", "_time", "duration"))
+
+
+@lru_cache(maxsize=4096)
+def scale_of(metric: str) -> float:
+    """Natural units -> histogram units: seconds to microseconds, other measures x1000, level negated."""
+    name = measure_of(metric)
+    factor = 1_000_000.0 if is_seconds(metric) else 1000.0
+    return -factor if name in NEGATED else factor
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST, HIGHEST, DIGITS)
+
+
+# --------------------------------------------------------------------------- reasons
+
+# A parenthesised group holding more than words is what was seen ("(412ms)", "('Sorry…')", a path):
+# it changes from run to run. Words only ("(step timeout)", "(degraded level)") say what kind of failure.
+_SEEN = re.compile(r"\((?![A-Za-z \-]*\))[^()]*\)")
+# Long numbers and hex runs outside parentheses are ids, ports or timestamps; short ones are limits and codes.
+_IDS = re.compile(r"\b(?:\d{5,}|(?=[0-9a-f]*\d)[0-9a-f]{8,}(?:-[0-9a-f]{4,})*)\b")
+_REASON_LENGTH = 200
+
+
+def normalise(message: str) -> str:
+    """A failure message with what changes between runs replaced, so the same failure groups.
+
+    `latency (412ms) > 300ms` and `latency (530ms) > 300ms` both become `latency (…) > 300ms`:
+    the seen values (in parentheses, Gatus style) and long numbers go; limits, status codes
+    and quoted expectations outside parentheses stay. Only the first line is kept (chat
+    failures append the transcript).
+    """
+    line = message.strip().split("\n", 1)[0]
+    line = _IDS.sub("#", _SEEN.sub("(…)", line))
+    return line if len(line) <= _REASON_LENGTH else line[: _REASON_LENGTH - 1] + "…"
+
+
+def reason_of(result: Result) -> tuple[str, str]:
+    """(reason, raw example) for a failed or errored iteration: its first bad step, else its first bad check."""
+    for step in result.steps:
+        if step.outcome in (Outcome.failed, Outcome.error):
+            raw = step.message or step.outcome.value
+            return f"step {step.index + 1} ({step.name}): {normalise(raw)}", f"step {step.index + 1} ({step.name}): {raw}"
+    for check in result.checks:
+        if check.outcome in (Outcome.failed, Outcome.error):
+            return normalise(check.text), check.text
+    raw = result.message or result.outcome.value
+    return normalise(raw), raw
+
+
+# --------------------------------------------------------------------------- histogram tables
+
+
+@lru_cache(maxsize=1)
+def _layout() -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """The bucket layout of our histograms, and per counts index its lowest, highest and middle value."""
+    sample = new_histogram()
+    unit = sample.unit_magnitude
+    half_magnitude = sample.sub_bucket_half_count_magnitude
+    half = sample.sub_bucket_half_count
+    index = np.arange(sample.counts_len, dtype=np.int64)
+    bucket = (index >> half_magnitude) - 1
+    sub = (index & (half - 1)) + half
+    first = bucket < 0
+    sub[first] -= half
+    bucket[first] = 0
+    lowest = sub << (bucket + unit)
+    size = np.left_shift(np.int64(1), bucket + unit)
+    return unit, half_magnitude, sample.sub_bucket_mask, lowest, lowest + size - 1, lowest + (size >> 1)
+
+
+def _indices(values: np.ndarray) -> np.ndarray:
+    """Counts index of each (non-negative, integer) value: HdrHistogram._counts_index_for, vectorised."""
+    unit, half_magnitude, mask, _, _, _ = _layout()
+    bit_length = np.frexp((values | mask).astype(np.float64))[1].astype(np.int64)  # exact below 2**53
+    bucket = bit_length - unit - (half_magnitude + 1)
+    sub = values >> (bucket + unit)
+    return ((bucket + 1) << half_magnitude) + sub - (1 << half_magnitude)
+
+
+def _add_values(histogram: HdrHistogram, values: np.ndarray) -> None:
+    """Record many integer values at once, keeping the histogram's own count, min and max right."""
+    counts = np.ctypeslib.as_array(histogram.counts)
+    np.add.at(counts, _indices(values), 1)
+    histogram.total_count += int(values.size)
+    histogram.min_value = min(histogram.min_value, int(values.min()))
+    histogram.max_value = max(histogram.max_value, int(values.max()))
+
+
+def _counts(histogram: HdrHistogram) -> np.ndarray:
+    return np.ctypeslib.as_array(histogram.counts)
+
+
+def _at_percentiles(histogram: HdrHistogram, percentiles: Sequence[float], negated: bool) -> list[int]:
+    """HdrHistogram.get_value_at_percentile for several percentiles in one numpy pass.
+
+    Negated values (level) are read from the other end: the p95 of level is the value of the
+    same rank counted from the top of the negated values, and the bucket edge that is the
+    upper edge in natural units, as HDR reports it for every other metric.
+    """
+    _, _, _, lowest, highest, _ = _layout()
+    cumulative = np.cumsum(_counts(histogram))
+    total = int(cumulative[-1])
+    values = []
+    for percentile in percentiles:
+        rank = max(int(min(percentile, 100.0) * total / 100 + 0.5), 1)
+        if negated:
+            index = int(np.searchsorted(cumulative, total - rank + 1, side="left"))
+            values.append(int(lowest[index] if percentile else highest[index]))
+        else:
+            index = int(np.searchsorted(cumulative, rank, side="left"))
+            values.append(int(highest[index] if percentile else lowest[index]))
+    return values
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """What some iterations did: counts and histograms that merge exactly (never averages of percentiles)."""
+
+    def __init__(self, step_kinds: Sequence[str] = ()) -> None:
+        self.step_kinds = list(step_kinds)  # step index -> YAML key (expect_prompt, user...), from the scenario
+        self.runs: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}  # reason -> the first message as seen, before normalising
+        self.checks: Counter[str] = Counter()
+        self.dropped = 0
+        self._histograms: dict[str, HdrHistogram] = {}
+        self._pending: dict[str, list[float]] = {}
+        self._targets: dict[tuple[str, str | None, str], tuple[list[float], ...]] = {}
+        self._unflushed = 0
+
+    # ----------------------------------------------------------------- recording
+
+    def record(self, result: Result) -> None:
+        """One finished iteration."""
+        self.runs[result.outcome.value] += 1
+        if result.outcome in (Outcome.failed, Outcome.error):
+            self._count_reason(*reason_of(result))
+        self._buffer("duration").append(result.duration)
+        kinds = self.step_kinds
+        targets = self._targets
+        passed = failed = 0
+        for step in result.steps:
+            kind = kinds[step.index] if 0 <= step.index < len(kinds) else None
+            key = (step.name, kind, ".duration")
+            for values in targets.get(key) or self._targets_for(key):
+                values.append(step.duration)
+            for measure, value in step.measures.items():
+                key = (step.name, kind, measure)
+                for values in targets.get(key) or self._targets_for(key):
+                    values.append(value)
+            for check in step.checks:
+                if check.outcome is Outcome.passed or check.outcome is Outcome.degraded:
+                    passed += 1
+                elif check.outcome is not Outcome.skipped:
+                    failed += 1
+        for check in result.checks:
+            if check.outcome is Outcome.passed or check.outcome is Outcome.degraded:
+                passed += 1
+            elif check.outcome is not Outcome.skipped:
+                failed += 1
+        if passed:
+            self.checks["passed"] += passed
+        if failed:
+            self.checks["failed"] += failed
+        self._unflushed += 1
+        if self._unflushed >= FLUSH_EVERY:
+            self._flush()
+
+    def _targets_for(self, key: tuple[str, str | None, str]) -> tuple[list[float], ...]:
+        """The metric lists one step value goes to: the measure itself, per step name and per step kind."""
+        name, kind, measure = key
+        if measure == ".duration":
+            names = [f"step:{name}.duration"] + ([f"step:{kind}.duration"] if kind and kind != name else [])
+        else:
+            names = [measure, f"step:{name}.{measure}"] + ([f"step:{kind}.{measure}"] if kind and kind != name else [])
+        lists = tuple(self._buffer(n) for n in names)
+        self._targets[key] = lists
+        return lists
+
+    def _buffer(self, metric: str) -> list[float]:
+        values = self._pending.get(metric)
+        if values is None:
+            values = self._pending[metric] = []
+        return values
+
+    def _count_reason(self, reason: str, example: str, count: int = 1) -> None:
+        if reason not in self.errors and len(self.errors) >= MAX_REASONS:
+            reason = OTHER_REASONS
+        self.errors[reason] += count
+        self.examples.setdefault(reason, example)
+
+    def _flush(self) -> None:
+        """Pending raw values into the histograms: scaled, rounded, clamped to the range, in one pass per metric."""
+        self._unflushed = 0
+        for metric, values in self._pending.items():
+            if not values:
+                continue
+            scaled = np.asarray(values, dtype=np.float64) * scale_of(metric)
+            values.clear()  # the same list object stays: record() holds it in _targets
+            scaled = scaled[~np.isnan(scaled)]
+            if scaled.size:
+                # A value past one hour is kept as one hour, a negative one as 0: counted, never dropped.
+                units = np.clip(np.rint(scaled), 0, HIGHEST).astype(np.int64)
+                _add_values(self._histogram(metric), units)
+
+    def _histogram(self, metric: str) -> HdrHistogram:
+        histogram = self._histograms.get(metric)
+        if histogram is None:
+            histogram = self._histograms[metric] = new_histogram()
+        return histogram
+
+    @property
+    def histograms(self) -> dict[str, HdrHistogram]:
+        """metric name -> histogram (in histogram units; see scale_of)."""
+        self._flush()
+        return self._histograms
+
+    # ----------------------------------------------------------------- merging and the wire
+
+    def merge(self, other: "Metrics") -> None:
+        """Add another Metrics into this one: exact, counters add and histograms add bucket by bucket."""
+        if not self.step_kinds:
+            self.step_kinds = list(other.step_kinds)
+        self.runs.update(other.runs)
+        self.checks.update(other.checks)
+        self.dropped += other.dropped
+        for reason, count in other.errors.items():
+            self._count_reason(reason, other.examples.get(reason, reason), count)
+        for metric, histogram in other.histograms.items():
+            if histogram.total_count:
+                # hdrh's add() sets min to 0 when the added histogram is empty: skipped above.
+                self._histogram(metric).add(histogram)
+
+    def encode(self) -> bytes:
+        """Compact bytes (ASCII JSON, histograms in the HdrHistogram V2 base64 format) for pipes and Ray."""
+        data = {
+            "v": 1,
+            "step_kinds": self.step_kinds,
+            "runs": dict(self.runs),
+            "errors": dict(self.errors),
+            "examples": self.examples,
+            "checks": dict(self.checks),
+            "dropped": self.dropped,
+            "histograms": {m: h.encode().decode("ascii") for m, h in self.histograms.items() if h.total_count},
+        }
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Metrics":
+        """The Metrics encode() wrote; ValueError if the bytes are not that."""
+        try:
+            fields = json.loads(data)
+            metrics = cls(step_kinds=fields["step_kinds"])
+            metrics.runs.update(fields["runs"])
+            metrics.errors.update(fields["errors"])
+            metrics.examples.update(fields["examples"])
+            metrics.checks.update(fields["checks"])
+            metrics.dropped = int(fields["dropped"])
+            for metric, text in fields["histograms"].items():
+                metrics._histograms[metric] = HdrHistogram.decode(text.encode("ascii"))
+        except (ValueError, KeyError, TypeError, zlib.error, HdrCookieException, HdrLengthException) as exc:
+            raise ValueError(f"not encoded Metrics ({type(exc).__name__}: {exc})") from None
+        return metrics
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def finished(self) -> int:
+        """Iterations finished, whatever their outcome."""
+        return sum(self.runs[o] for o in OUTCOMES)
+
+    def names(self) -> list[str]:
+        """Metric names seen, sorted."""
+        return sorted(self.histograms)
+
+    def percentiles(self, metric: str, percentiles: Iterable[float]) -> dict[float, float] | None:
+        """Several percentiles of one metric in natural units, in one pass; None if it has no data."""
+        histogram = self.histograms.get(metric)
+        if histogram is None or not histogram.total_count:
+            return None
+        wanted = list(percentiles)
+        scale = scale_of(metric)
+        return {p: v / scale for p, v in zip(wanted, _at_percentiles(histogram, wanted, negated=scale < 0))}
+
+    def stat(self, stat: str, metric: str) -> float | None:
+        """p50..p99.9, med, avg, min, max or count of a metric, in natural units (seconds for durations); None if no data.
+
+        count also answers for the counters: count(failed) (or another outcome), count(dropped),
+        count(checks), count(iterations). rate is rate().
+        """
+        if stat == "rate":
+            return self.rate(metric)
+        if stat == "count":
+            return self._count(metric)
+        histogram = self.histograms.get(metric)
+        if histogram is None or not histogram.total_count:
+            return None
+        scale = scale_of(metric)
+        if stat in ("min", "max"):
+            highest_first = (stat == "max") != (scale < 0)
+            index = _nonzero_edge(histogram, last=highest_first)
+            _, _, _, lowest, highest, _ = _layout()
+            return int(highest[index] if highest_first else lowest[index]) / scale
+        if stat == "avg":
+            _, _, _, _, _, middle = _layout()
+            counts = _counts(histogram)
+            return float(np.dot(counts.astype(np.float64), middle)) / histogram.total_count / scale
+        if stat == "med":
+            stat = "p50"
+        match = _PERCENTILE.fullmatch(stat)
+        if match is None or not 0 <= float(match.group(1)) <= 100:
+            raise ValueError(f"unknown stat {stat!r}: use p50..p99.9, med, avg, min, max, count or rate")
+        percentile = float(match.group(1))
+        return self.percentiles(metric, [percentile])[percentile]
+
+    def _count(self, metric: str) -> float | None:
+        if metric in OUTCOMES:
+            return float(self.runs[metric])
+        if metric == "dropped":
+            return float(self.dropped)
+        if metric == "checks":
+            return float(self.checks["passed"] + self.checks["failed"])
+        if metric == "iterations":
+            return float(self.finished)
+        histogram = self.histograms.get(metric)
+        return float(histogram.total_count) if histogram is not None and histogram.total_count else None
+
+    def rate(self, what: str) -> float | None:
+        """Share of finished runs with that outcome; of checks that passed ("checks"); of iterations dropped ("dropped")."""
+        if what in OUTCOMES:
+            finished = self.finished
+            return self.runs[what] / finished if finished else None
+        if what == "checks":
+            total = self.checks["passed"] + self.checks["failed"]
+            return self.checks["passed"] / total if total else None
+        if what == "dropped":
+            wanted = self.dropped + self.finished
+            return self.dropped / wanted if wanted else None
+        raise ValueError(f"unknown rate {what!r}: use {', '.join(RATES)}")
+
+
+def _nonzero_edge(histogram: HdrHistogram, last: bool) -> int:
+    nonzero = np.flatnonzero(_counts(histogram))
+    return int(nonzero[-1] if last else nonzero[0])
+
