@@ -449,14 +449,14 @@ def _stress_live(job: Any, plan: Any, json_stream: bool) -> Any:
 
     if json_stream:
         def tick(snapshot: Any, totals: Any, verdicts: Any) -> None:
-            line = json_line(snapshot.t, snapshot.users, snapshot.started, totals, verdicts)
+            line = json_line(snapshot.t, snapshot.users, snapshot.finished, totals, verdicts)
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
 
         return run_stress(job, on_tick=tick)
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
+    with Live(console=console, refresh_per_second=2, transient=True) as live:
         def show(snapshot: Any, totals: Any, verdicts: Any) -> None:
-            live.update(render(plan, snapshot.t, snapshot.users, snapshot.started, totals, verdicts))
+            live.update(render(plan, snapshot.t, snapshot.users, snapshot.finished, totals, verdicts))
 
         return run_stress(job, on_tick=show)
 
@@ -471,6 +471,10 @@ def _stress_summary(outcome: Any, json_stream: bool) -> None:
         }
         sys.stdout.write(json.dumps({"summary": summary}) + "\n")
         return
+    from cxtest.stress.live import render
+
+    last = outcome.snapshots[-1] if outcome.snapshots else None
+    out.print(render(outcome.job.plan, outcome.duration, 0, last.finished if last else 0, totals, []))
     for error in outcome.errors:
         console.print(f"worker: {escape(error)}", style="red")
     if outcome.interrupted:

@@ -61,6 +61,10 @@ class Snapshot:
     started: int
     metrics: Metrics
 
+    @property
+    def finished(self) -> int:
+        return sum(self.metrics.runs.values())
+
 
 @dataclass
 class StressOutcome:
