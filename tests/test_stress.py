@@ -127,3 +127,14 @@ def test_a_target_that_cannot_be_tested_exits_3(tmp_path: Path) -> None:
     done = stress(tmp_path, str(scenario), "--users", "1", "--duration", "1s", "--workers", "1", "--json", "--no-store")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "connection refused" in json.dumps(lines(done)[-2]["errors"])
+
+
+def test_abort_on_fail_stops_a_clearly_lost_run_early(tmp_path: Path, sandbox: Sandbox) -> None:
+    """With --abort-on-fail, a run whose iterations all fail stops within seconds of a 60 s plan, exit 1, saying which threshold."""
+    scenario = project(tmp_path, sandbox.url, path="/api/nothing-here")
+    started = time.monotonic()
+    done = stress(tmp_path, str(scenario), "--users", "2", "--duration", "60s", "--workers", "1", "--json", "--no-store",
+                  "--threshold", "rate(failed) < 1%", "--abort-on-fail")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert time.monotonic() - started < 30
+    assert lines(done)[-1]["summary"]["aborted"] == "rate(failed) < 1%"
