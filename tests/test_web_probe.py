@@ -352,15 +352,16 @@ async def test_concurrent_runs_share_one_browser_process(runner: Runner, folder:
     assert max(starts) < min(ends)  # all four were open at once
 
 
-async def test_a_renderer_crash_fails_the_run_at_once(run) -> None:  # type: ignore[no-untyped-def]
-    """Killing the page's renderer mid-step fails the run with 'the page crashed', long before the step timeout."""
+@pytest.mark.parametrize("page", ["/blank", "/slow?ms=3000"], ids=["mid-wait", "mid-navigation"])
+async def test_a_renderer_crash_fails_the_run_at_once(run, page: str) -> None:  # type: ignore[no-untyped-def]
+    """Killing the page's renderer mid-step (a wait, or a navigation still loading) fails the run with 'the page crashed', long before the step timeout."""
     await run("- goto: /blank\n")  # the browser is up, so the kill below lands mid-step
-    killer = asyncio.ensure_future(kill_after(0.5, "renderer"))
-    result = await run("- goto: /blank\n- wait_for: '#never'\n  timeout: 10s\n")
+    killer = asyncio.ensure_future(kill_after(1.0, "renderer"))
+    result = await run(f"- goto: '{page}'\n- wait_for: '#never'\n  timeout: 10s\n")
     assert await killer
-    assert result.outcome is Outcome.failed
-    assert result.message.endswith(": the page crashed (its renderer process died)")
-    assert result.duration < 3
+    assert result.outcome is Outcome.failed, result.message
+    assert result.message.endswith(": the page crashed (its renderer process died)"), result.message
+    assert result.duration < 4
 
 
 async def test_a_browser_crash_is_an_error_and_the_next_run_gets_a_new_browser(run) -> None:  # type: ignore[no-untyped-def]

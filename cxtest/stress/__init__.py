@@ -54,16 +54,26 @@ class StressJob:
 
 @dataclass
 class Snapshot:
-    """One second of the whole exercise: users running, iterations started, and what finished in it."""
+    """One second of the whole exercise: users running, iterations started, and what finished in it.
+
+    What finished is kept encoded (tens of kB, where a decoded Metrics holds megabytes of
+    histogram counts): a ten-minute run keeps 600 of them for the report's plots.
+    """
 
     t: float
     users: int
     started: int
-    metrics: Metrics
+    runs: dict[str, int]
+    data: bytes
 
     @property
     def finished(self) -> int:
-        return sum(self.metrics.runs.values())
+        return sum(self.runs.values())
+
+    @property
+    def metrics(self) -> Metrics:
+        """Decoded anew on each access (milliseconds): read it once per snapshot."""
+        return Metrics.decode(self.data)
 
 
 @dataclass
@@ -145,8 +155,11 @@ def run_stress(
             deltas = hosts.collect()
             if not deltas and now() < starts:
                 continue  # the workers are still loading the scenario
-            snapshot = _merge(deltas, users, now() - starts)
-            totals.merge(snapshot.metrics)
+            second = _merge(deltas)
+            for delta in deltas:
+                users[delta.worker] = 0 if delta.done else delta.users
+            totals.merge(second)
+            snapshot = Snapshot(now() - starts, sum(users.values()), sum(d.started for d in deltas), dict(second.runs), second.encode())
             snapshots.append(snapshot)
             verdicts = judge(thresholds, totals)
             if on_tick is not None:
@@ -171,14 +184,11 @@ def run_stress(
     )
 
 
-def _merge(deltas: list[Delta], users: dict[int, int], t: float) -> Snapshot:
+def _merge(deltas: list[Delta]) -> Metrics:
     metrics = Metrics()
-    started = 0
     for delta in deltas:
         metrics.merge(Metrics.decode(delta.metrics))
-        started += delta.started
-        users[delta.worker] = 0 if delta.done else delta.users
-    return Snapshot(t=t, users=sum(users.values()), started=started, metrics=metrics)
+    return metrics
 
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")

@@ -13,6 +13,7 @@ console errors, uncaught errors, responses >= 400 and failed requests (probes.we
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from contextlib import asynccontextmanager
@@ -329,6 +330,10 @@ class WebSession:
         """Playwright's errors -> cxtest's error tree, naming what was awaited."""
         text = _first_line(exc)
         crashed = re.match(r"(Target|Page) crashed", text)
+        if "net::ERR_ABORTED" in text:
+            # A renderer that dies mid-navigation aborts it; Playwright reports the crash a moment later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.broken), 0.5)
         if crashed or re.match(r"Target closed|Target page, context or browser has been closed|Browser has been closed", text):
             # Playwright may fail the call before it reports the crash or the disconnect that caused it.
             try:
