@@ -16,4 +16,17 @@ __all__ = [
     "write_html",
     "write_json",
     "write_junit",
+    "write_stress_html",
+    "render_stress_html",
 ]
+
+_STRESS = ("render_stress_html", "write_stress_html")
+
+
+def __getattr__(name: str):
+    # Loaded on first use: the stress report pulls in the stress package, the store and numpy.
+    if name in _STRESS:
+        from . import stress
+
+        return getattr(stress, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
