@@ -124,7 +124,8 @@ def test_checks_count_every_step_and_scenario_check() -> None:
         step(0, "a", 0.1, checks=[check("x"), check("y", Outcome.degraded), check("z", Outcome.skipped)]),
         step(1, "b", 0.1, Outcome.failed, "z (1) > 0", checks=[check("z", Outcome.failed, "z (1) > 0"), check("w", Outcome.error)]),
     ], checks=[check("duration", Outcome.failed, "duration (1s) > 500ms")]))
-    assert dict(metrics.checks) == {"passed": 2, "failed": 3}
+    assert (metrics.checks["passed"], metrics.checks["failed"]) == (2, 3)
+    assert (metrics.checks["x:passed"], metrics.checks["z:failed"], metrics.checks["w:failed"]) == (1, 1, 1)
     assert metrics.rate("checks") == pytest.approx(2 / 5)
 
 
@@ -366,3 +367,25 @@ def test_merge_into_empty_and_of_empty() -> None:
     copy = Metrics()
     copy.merge(metrics)
     assert_same_metrics(copy, metrics)
+
+
+def test_each_check_name_has_its_own_pass_share() -> None:
+    """rate(checks:status) is the share of `status` checks that passed, beside the share of all checks."""
+    from cxtest.model import CheckResult, Outcome, Result, StepResult
+    from datetime import datetime, timezone
+
+    def run(status_ok: bool) -> Result:
+        checks = (
+            CheckResult("status", Outcome.passed if status_ok else Outcome.failed, 200, 200 if status_ok else 500, "status"),
+            CheckResult("latency", Outcome.passed, 1, 0.1, "latency"),
+        )
+        step = StepResult(0, "status", Outcome.passed if status_ok else Outcome.failed, 0.0, 0.1, checks=checks)
+        return Result("s", "s", "http", "f", step.outcome, datetime.now(timezone.utc), 0.1, steps=(step,))
+
+    metrics = Metrics()
+    for ok in (True, True, True, False):
+        metrics.record(run(ok))
+    assert metrics.rate("checks:status") == 0.75
+    assert metrics.rate("checks:latency") == 1.0
+    assert metrics.rate("checks") == 7 / 8
+    assert metrics.stat("count", "checks:status") == 4

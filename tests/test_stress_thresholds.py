@@ -69,7 +69,7 @@ def test_parse_examples(text: str, parsed: tuple) -> None:
         ("rate(failed) < 120%", "'120%' is outside 0-100%"),
         ("rate(failed) < -1%", "'-1%' is outside 0-100%"),
         ("rate(failed) < 5", "a rate is a percent or a share: write e.g. 1% or 0.01, not '5'"),
-        ("rate(latency) < 1%", "rate() takes one of passed, degraded, failed, error, checks, dropped, not 'latency'"),
+        ("rate(latency) < 1%", "rate() takes one of passed, degraded, failed, error, checks, dropped or checks:NAME (one check's pass share), not 'latency'"),
         ("p95(failed) < 1%", "'failed' is counted, not measured: use rate(failed) or count(failed)"),
         ("p95(mos) > 80%", "a percent limit is for rate(); p95(mos) takes a plain number"),
         ("min(mos) > 3.5s", "mos is not a duration: give a plain number, not '3.5s'"),

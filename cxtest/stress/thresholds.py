@@ -60,10 +60,11 @@ def parse_threshold(text: str) -> Threshold:
     metric = text[head.end() : close].strip()
     if not metric:
         raise bad("the metric in parentheses is empty")
-    if metric in RATES and stat not in ("rate", "count"):
+    counted = metric in RATES or metric.startswith("checks:")
+    if counted and stat not in ("rate", "count"):
         raise bad(f"{metric!r} is counted, not measured: use rate({metric}) or count({metric})")
-    if stat == "rate" and metric not in RATES:
-        raise bad(f"rate() takes one of {', '.join(RATES)}, not {metric!r}")
+    if stat == "rate" and not counted:
+        raise bad(f"rate() takes one of {', '.join(RATES)} or checks:NAME (one check's pass share), not {metric!r}")
     rest = text[close + 1 :]
     tail = _OPERATOR.match(rest)
     if tail is None:
