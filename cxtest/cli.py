@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from cxtest import logs
-from cxtest.errors import ScenarioError, StoreError
+from cxtest.errors import CxtestError, ScenarioError, StoreError
 from cxtest.model import Outcome, Project, Result, Scenario, format_duration
 
 if TYPE_CHECKING:
@@ -415,7 +415,11 @@ def stress(
         artifacts_root=str((project.root / project.artifacts).resolve()), workers=workers, ray_address=ray,
         environment={k: v for k, v in os.environ.items() if k.startswith("CXTEST_")},
     )
-    outcome = _stress_live(job, plan, json_stream)
+    try:
+        outcome = _stress_live(job, plan, json_stream)
+    except CxtestError as exc:  # no cluster at --ray ADDRESS, and the like: nothing ran
+        console.print(f"stress: {escape(str(exc))}", style="red")
+        raise typer.Exit(EXIT_ERROR) from None
     if html is not None:
         from cxtest.reports.stress import write_stress_html
 

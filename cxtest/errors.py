@@ -41,6 +41,9 @@ class ScenarioError(CxtestError):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.problems,))  # crosses to worker processes and Ray actors whole
+
 
 class ProbeError(CxtestError):
     """The harness could not test the target."""

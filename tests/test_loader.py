@@ -584,3 +584,14 @@ def test_notifier_fallback_is_not_a_type_setting() -> None:
     project = load_project(Path("cxtest.yaml"))
     assert sorted(build_notifiers(project.notifiers)) == ["a", "b"]
     assert project.notifiers["a"].fallback == "b"
+
+
+def test_a_scenario_error_survives_pickling() -> None:
+    """A ScenarioError crosses to a worker process or a Ray actor with its problems, not as one string."""
+    import pickle
+
+    from cxtest.errors import Problem, ScenarioError
+
+    error = pickle.loads(pickle.dumps(ScenarioError([Problem("a.yaml", 3, 5, "steps", "bad")])))
+    assert error.problems == [Problem("a.yaml", 3, 5, "steps", "bad")]
+    assert str(error) == "a.yaml:3:5 steps: bad"

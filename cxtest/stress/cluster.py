@@ -17,20 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cxtest import logs
+from cxtest.errors import CxtestError
+from cxtest.stress.stats import Metrics
 from cxtest.stress.worker import Delta, StressWorker, WorkerConfig
 
 WAIT_S = 0.5  # collect() waits at most this long for the actors' answers: the coordinator ticks every second
 START_LIMIT_S = 120.0  # an actor not running by then was not placed (the cluster is short of CPUs) or failed to start
 CLOSE_S = 10.0
+CONNECT_S = 5.0  # Ray itself retries an address where nothing answers for minutes
 WORKING_DIR_ENV = "CXTEST_RAY_WORKING_DIR"  # a folder shipped to every node as the actors' working directory
 
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+class ClusterUnreachable(CxtestError):
+    """No Ray cluster answers at the address given with --ray."""
 
 
 class StressActor:
@@ -44,7 +52,11 @@ class StressActor:
     async def start(self) -> tuple[Delta, str | None]:
         """Load the scenario here (on this node) and start the worker's share of the plan."""
         logs.configure("warning")
-        self.worker = StressWorker(self.config)
+        try:
+            self.worker = StressWorker(self.config)
+        except Exception as exc:  # noqa: BLE001 - told as text: not every exception survives pickling (ScenarioError)
+            nothing = Delta(self.config.index, 0.0, 0, 0, Metrics().encode(), done=True)
+            return nothing, f"{type(exc).__name__}: {exc}"
         self.running = asyncio.ensure_future(self.worker.run())
         return await self.take()
 
@@ -75,6 +87,18 @@ def is_loopback(address: str) -> bool:
     return host.startswith(_LOOPBACK)
 
 
+def check_reachable(address: str, timeout: float = CONNECT_S) -> None:
+    """Fail at once, with the address, when nothing listens there (host:port addresses; "auto" is Ray's to find)."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} ({why}): start one with `ray start --head`, or check --ray") from None
+
+
 def connect(address: str) -> Any:
     """This process as a Ray driver on the cluster at address (once); Ray itself, imported."""
     # Before Ray is imported: its constants are read at import time.
@@ -88,6 +112,7 @@ def connect(address: str) -> Any:
     import ray
 
     if not ray.is_initialized():
+        check_reachable(address)
         working_dir = os.environ.get(WORKING_DIR_ENV)
         ray.init(
             address=address,
