@@ -326,11 +326,29 @@ def call(
 def status(
     paths: Paths = None,
     store: Annotated[Optional[str], typer.Option(help="Results store URL (default from cxtest.yaml).")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="The results of one run instead (a run id or a stress id).")] = None,
+    outcome: Annotated[Optional[Outcome], typer.Option(help="With --run: only results with this outcome.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="With --run: at most this many, newest first.")] = 50,
 ) -> None:
-    """The latest stored result of every scenario, with its open incidents."""
+    """The latest stored result of every scenario, with its open incidents; or one run's results (--run)."""
     from alerts.incidents import Incidents
 
     _, opened = _project_store(paths, store)
+    if run is not None:
+        with opened:
+            results = opened.results(run_id=run, outcome=outcome, limit=limit)
+        if not results:
+            console.print(f"no {outcome.value + ' ' if outcome else ''}results stored for run {run}")
+            return
+        table = Table("outcome", "scenario", "when", "duration", "message", "evidence", box=None)
+        for r in results:
+            evidence = str(Path(r.artifacts[0].path).parent) if r.artifacts else ""
+            table.add_row(
+                f"[{STYLE[r.outcome]}]{r.outcome.value}[/]", escape(r.scenario_id), r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                format_duration(r.duration), escape(logs.redact(r.message)[:100]), escape(evidence),
+            )
+        out.print(table)
+        return
     with opened:
         latest = opened.latest()
         open_by_scenario: dict[str, list[str]] = {}

@@ -138,3 +138,15 @@ def test_abort_on_fail_stops_a_clearly_lost_run_early(tmp_path: Path, sandbox: S
     assert done.returncode == 1, done.stdout + done.stderr
     assert time.monotonic() - started < 30
     assert lines(done)[-1]["summary"]["aborted"] == "rate(failed) < 1%"
+
+
+def test_status_lists_a_stress_runs_failures_with_their_evidence(tmp_path: Path, sandbox: Sandbox) -> None:
+    """`cxtest status --run STRESS_ID --outcome failed` lists the stored failed iterations of that stress run."""
+    scenario = project(tmp_path, sandbox.url, path="/api/nothing-here")
+    done = stress(tmp_path, str(scenario), "--users", "1", "--duration", "1s", "--workers", "1", "--json")
+    stress_id = lines(done)[-1]["summary"]["stress_id"]
+    listed = subprocess.run([str(CLI), "status", "--run", stress_id, "--outcome", "failed", "--limit", "3"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "250"})
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = [line for line in listed.stdout.splitlines() if line.lstrip().startswith("failed")]
+    assert len(rows) == 3 and all("status (404)" in row for row in rows)
