@@ -10,7 +10,6 @@ from merged histograms, never averaged); the per-second plots from its snapshots
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -433,15 +432,10 @@ def evidence_view(outcome: StressOutcome, base_dir: Path) -> dict[str, Any]:
 
 
 def list_failed_command(stress_id: str, store_url: str | None) -> str:
-    """A command that prints the exercise's failed and errored runs from the store (no CLI command does yet)."""
+    """The command that lists the exercise's failed runs from the store, with their evidence folders."""
     if not store_url:
         return ""
-    code = (
-        f"from cxtest.store import Store; store = Store({json.dumps(redact_url(store_url))}); "
-        f'[print(r.started_at, r.outcome.value, r.message) for o in ("failed", "error") '
-        f"for r in store.results(run_id={json.dumps(stress_id)}, outcome=o)]"
-    )
-    return "python -c " + shlex.quote(code)
+    return f"cxtest status --store {shlex.quote(redact_url(store_url))} --run {shlex.quote(stress_id)} --outcome failed"
 
 
 # --------------------------------------------------------------------------- page
