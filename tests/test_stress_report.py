@@ -165,7 +165,7 @@ def test_evidence_messages_come_from_the_store(tmp_path):
     assert "w0-3" in section[:section.index("Other iterations")], "w0-3 should be listed as failed"
     assert FAILURE.replace("'", "&#39;") in section, "the stored failure message is missing"
     assert 'style="--c: #16a34a">passed</span>' in section[section.index("Other iterations"):]
-    assert f"cxtest status --store" in html and f"--run {STRESS_ID} --outcome failed" in html  # the command that lists the failed runs
+    assert "cxtest status --store" in html and f"--run {STRESS_ID} --outcome failed" in html  # the command that lists the failed runs
 
 
 def test_unreadable_store_falls_back_to_the_files(tmp_path):
