@@ -265,8 +265,8 @@ async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx
         return _step(scenario, index, Outcome.error, clock, started, str(exc))
     except Exception as exc:  # noqa: BLE001 - the boundary: a crash becomes an `error` step
         return _step(scenario, index, Outcome.error, clock, started, _crash(exc, ctx))
-    checks = tuple(replace(c, text=redact(c.text)) for c in observation.checks)
-    outcome = Outcome.worst([c.outcome for c in checks])
+    checks = _redacted(observation.checks)
+    outcome = Outcome.passed if all(c.outcome is Outcome.passed for c in checks) else Outcome.worst([c.outcome for c in checks])
     message = "; ".join(c.text for c in checks if c.outcome is not Outcome.passed)
     return StepResult(
         index=index,
@@ -281,8 +281,25 @@ async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx
     )
 
 
+def _redacted(checks: Sequence[Any]) -> tuple[Any, ...]:
+    """The checks with secrets in their texts replaced; a check without any is kept as it is (no copy per check per run)."""
+    out = []
+    for check in checks:
+        text = redact(check.text)
+        out.append(check if text is check.text else replace(check, text=text))
+    return tuple(out)
+
+
+_step_names: dict[int, tuple[Any, str]] = {}  # id(step) -> (step, its name): steps are frozen, and run again and again
+
+
 def _step_name(step: Any) -> str:
-    return step.describe()
+    known = _step_names.get(id(step))
+    if known is None or known[0] is not step:
+        if len(_step_names) > 10_000:  # scenarios loaded again and again (a monitor's reloads): start afresh
+            _step_names.clear()
+        known = _step_names[id(step)] = (step, step.describe())
+    return known[1]
 
 
 def _step(scenario: Scenario, index: int, outcome: Outcome, clock: float, started: float, message: str) -> StepResult:

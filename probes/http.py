@@ -74,10 +74,63 @@ def _status_shorthand(value: Any) -> Any:
 
 @cache
 def _compiled(path: str) -> Any:
+    """The path, compiled once: a _SimplePath when it is only names, wildcards and indexes, else python-jsonpath's."""
+    simple = _simple_path(path)
+    if simple is not None:
+        return simple
     try:
         return jsonpath.compile(path)
     except jsonpath.JSONPathError as exc:
         raise ValueError(f"bad JSONPath {path!r}: {str(exc).splitlines()[0]}") from None
+
+
+_SIMPLE_PATH = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_]*|\.\*|\[\*\]|\[\d+\])*")
+_PATH_SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|(\.\*|\[\*\])|\[(\d+)\]")
+_PATH_KEYWORDS = {"true", "false", "null"}
+
+
+class _SimplePath:
+    """`$.messages[*]`, `$.intent.name`, `$.items[0]`: found with plain dict and list lookups.
+
+    The chat connectors resolve a handful of these on every bot answer; python-jsonpath
+    builds a match object (and serialises its location) per node, which cost more than
+    the rest of the answer's handling. The results are python-jsonpath's, in its order
+    (tests/test_chat_hot_path.py compares them).
+    """
+
+    __slots__ = ("path", "segments")
+
+    def __init__(self, path: str, segments: tuple[tuple[str, Any], ...]):
+        self.path, self.segments = path, segments
+
+    def findall(self, document: Any) -> list[Any]:
+        found = [document]
+        for kind, key in self.segments:
+            found = [value for node in found for value in _select(kind, key, node)]
+            if not found:
+                break
+        return found
+
+
+def _select(kind: str, key: Any, node: Any) -> list[Any]:
+    if kind == "name":
+        return [node[key]] if isinstance(node, dict) and key in node else []
+    if kind == "all":
+        return list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else []
+    if isinstance(node, list):
+        return [node[key]] if key < len(node) else []
+    return [node[str(key)]] if isinstance(node, dict) and str(key) in node else []  # python-jsonpath's [0] on an object
+
+
+def _simple_path(path: str) -> _SimplePath | None:
+    if _SIMPLE_PATH.fullmatch(path) is None:
+        return None
+    segments: list[tuple[str, Any]] = []
+    for name, wildcard, index in _PATH_SEGMENT.findall(path[1:]):
+        if name in _PATH_KEYWORDS:
+            return None  # left to python-jsonpath, whatever it makes of them
+        segments.append(("name", name) if name else ("all", None) if wildcard else ("index", int(index)))
+    return _SimplePath(path, tuple(segments))
 
 
 class HttpExpect(Frozen):
@@ -131,11 +184,40 @@ def _template(text: str) -> jinja2.Template:
     return _templates.from_string(text)
 
 
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_JINJA_LITERALS = {"true", "false", "none", "True", "False", "None"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _placeholders(text: str) -> tuple[tuple[bool, str], ...] | None:
+    """"pay {{ balance }}" -> ((False, "pay "), (True, "balance")): text with bare `{{ name }}` placeholders only.
+
+    Such a template renders as its text with str() of each value, which is what Jinja2 does
+    for it; anything else (filters, expressions, statements, comments, a line ending Jinja2
+    would rewrite or drop) is None and goes to Jinja2.
+    """
+    parts: list[tuple[bool, str]] = []
+    end = 0
+    for found in _PLACEHOLDER.finditer(text):
+        if found.group(1) in _JINJA_LITERALS:
+            return None
+        parts += [(False, text[end : found.start()]), (True, found.group(1))]
+        end = found.end()
+    parts.append((False, text[end:]))
+    literal = "".join(part for is_name, part in parts if not is_name)
+    if any(mark in literal for mark in ("{{", "{%", "{#", "}}", "\r")) or text.endswith("\n"):
+        return None
+    return tuple(part for part in parts if part[0] or part[1])
+
+
 def render(value: Any, variables: dict[str, Any]) -> Any:
     """Fill `{{ name }}` placeholders in strings, lists and mappings from saved values."""
     if isinstance(value, str):
         if "{{" not in value and "{%" not in value:
             return value
+        parts = _placeholders(value)
+        if parts is not None and all(part in variables for is_name, part in parts if is_name):
+            return "".join(str(variables[part]) if is_name else part for is_name, part in parts)
         try:
             return _template(value).render(variables)
         except jinja2.UndefinedError as exc:

@@ -8,22 +8,23 @@ its transcript kept as evidence (transcript.json).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import importlib
 import json
+import re
 import secrets
 import time
-from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import Field
 
-from cxtest.checks import judge_levels
+from cxtest.checks import ABSENT, judge_levels
 from cxtest.errors import ProbeError, StepFailed
 from cxtest.model import Observation, Outcome, Scenario, Step
 from probes.base import RunContext
 from probes.chat.connectors.base import BotMessage, Button, Conversation, UserMessage
+from probes.chat.matching import judge, json_value, negated, strip_html
 from probes.chat.model import BotSays, ChatStep, Pause, UserSays, WaitForBot
+from probes.http import render  # the chat steps' {{ saved values }}
 
 CONNECTORS = {
     "rest": "probes.chat.connectors.rest:RestConnector",
@@ -56,7 +57,7 @@ class ChatSession:
         self.sends: list[float] = []  # when each of our messages went out
         self.inbox: list[BotMessage] = []  # received, not yet checked
         self.seen: list[BotMessage] = []  # every bot message received, for button clicks
-        self.transcript: list[dict[str, Any]] = []
+        self._notes: list[tuple[float, str, str, dict[str, Any]]] = []  # the transcript's lines, made when read
 
     async def step(self, index: int, step: Step, timeout: float) -> Observation:
         if self.conversation is None:
@@ -80,8 +81,6 @@ class ChatSession:
         return max(0.1, timeout - 0.2)
 
     async def _user(self, step: UserSays, wait: float) -> Observation:
-        from probes.http import render
-
         if isinstance(step.user, str):
             message = UserMessage(render(step.user, self.ctx.variables))
         else:
@@ -136,8 +135,6 @@ class ChatSession:
         return Observation()
 
     async def _bot(self, step: BotSays, timeout: float) -> Observation:
-        from probes.chat.matching import judge, negated
-
         waited = self._before(timeout)
         message = await self._next(waited)
         if message is None:
@@ -163,18 +160,13 @@ class ChatSession:
 
     def _filled(self, expect: Any) -> Any:
         """The expectations with saved values filled in ("payment of {{ balance }} pounds")."""
-        from probes.http import render
-
-        given = expect.model_dump(by_alias=True, exclude_unset=True, exclude={"save"})
+        given = self.probe.templated(expect)
+        if given is None:
+            return expect
         filled = render(given, self.ctx.variables)
         return expect if filled == given else type(expect).model_validate({**filled, "save": expect.save})
 
     def _save(self, sources: dict[str, str], message: BotMessage) -> None:
-        import re
-
-        from cxtest.checks import ABSENT
-        from probes.chat.matching import json_value, strip_html
-
         for name, source in sources.items():
             if source == "text":
                 value: Any = strip_html(message.text).strip()
@@ -195,27 +187,59 @@ class ChatSession:
         return f" after the user said {said!r}" if said is not None else " after the conversation opened"
 
     def _note(self, who: str, text: str, at: float, **details: Any) -> None:
-        line = {"from": who, "text": text, "at": round(at - self.opened_at, 3)}
-        line.update({key: value for key, value in details.items() if value not in (None, [])})
-        if "latency" in line:
-            line["latency"] = round(line["latency"], 3)
-        # In the order things happened: a message read after our next one went out arrived before it.
-        bisect.insort(self.transcript, line, key=lambda each: each["at"])
+        # Kept raw: most runs pass and nobody reads their transcript (see `transcript`).
+        self._notes.append((at, who, text, details))
+
+    @property
+    def transcript(self) -> list[dict[str, Any]]:
+        """Every line so far, in the order things happened: a message read after our next one went out arrived before it."""
+        lines = []
+        for at, who, text, details in sorted(self._notes, key=lambda note: round(note[0] - self.opened_at, 3)):
+            line = {"from": who, "text": text, "at": round(at - self.opened_at, 3)}
+            line.update({key: value for key, value in details.items() if value not in (None, [])})
+            if "latency" in line:
+                line["latency"] = round(line["latency"], 3)
+            lines.append(line)
+        return lines
 
     def transcript_text(self, last: int = TRANSCRIPT_LINES) -> str:
-        lines = self.transcript[-last:]
-        shown = [] if len(self.transcript) <= last else [f"  ... {len(self.transcript) - last} earlier lines"]
+        transcript = self.transcript
+        lines = transcript[-last:]
+        shown = [] if len(transcript) <= last else [f"  ... {len(transcript) - last} earlier lines"]
         for line in lines:
             extra = f"  ({line['latency'] * 1000:.0f} ms)" if "latency" in line else ""
             buttons = f"  [{' | '.join(line['buttons'])}]" if line.get("buttons") else ""
             shown.append(f"  {line['at']:7.3f}s {line['from']:>4}: {line['text']}{buttons}{extra}")
         return "transcript:\n" + "\n".join(shown)
 
+    async def __aenter__(self) -> ChatSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self.conversation is not None:
             await self.conversation.close()
-        if self.transcript and self.ctx.wants_evidence:  # the text form is in a failed step's evidence; this is the whole record
-            self.ctx.write_text("transcript.json", json.dumps(self.transcript, indent=2, default=str))
+        if self._notes and self.ctx.wants_evidence:  # the text form is in a failed step's evidence; this is the whole record
+            self.ctx.write_text("transcript.json", transcript_json(self.transcript))
+
+
+def transcript_json(lines: list[dict[str, Any]]) -> str:
+    """A JSON list, one line of the conversation per line of text: readable, and written by json's C encoder (indent= is not)."""
+    if not lines:
+        return "[]"
+    return "[\n  " + ",\n  ".join(json.dumps(line, default=str) for line in lines) + "\n]\n"
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value  # what render() fills
+    if isinstance(value, dict):
+        return any(_has_template(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_template(item) for item in value)
+    return False
 
 
 class ChatProbe:
@@ -226,6 +250,22 @@ class ChatProbe:
 
     def __init__(self) -> None:
         self._connectors: dict[str, Any] = {}
+        self._templated: dict[int, tuple[Any, dict[str, Any] | None]] = {}
+
+    def templated(self, expect: Any) -> dict[str, Any] | None:
+        """A bot step's expectations as given, when some hold `{{ }}` to fill; None when none do.
+
+        Asked on every bot message of every run: the answer is kept per expectation object
+        (the scenario's, shared by its runs), kept alive beside it so its id stays its own.
+        """
+        known = self._templated.get(id(expect))
+        if known is None or known[0] is not expect:
+            if len(self._templated) > 10_000:  # scenarios loaded again and again (a monitor's reloads): start afresh
+                self._templated.clear()
+            given = expect.model_dump(by_alias=True, exclude_unset=True, exclude={"save"})
+            known = (expect, given if _has_template(given) else None)
+            self._templated[id(expect)] = known
+        return known[1]
 
     async def connector(self, name: str) -> Any:
         """One connector per protocol, shared by every run of this probe (its client pools, its callback server)."""
@@ -233,13 +273,9 @@ class ChatProbe:
             self._connectors[name] = connector_class(name)()
         return self._connectors[name]
 
-    @asynccontextmanager
-    async def session(self, scenario: Scenario, ctx: RunContext) -> AsyncIterator[ChatSession]:
-        session = ChatSession(self, scenario, ctx)
-        try:
-            yield session
-        finally:
-            await session.close()
+    def session(self, scenario: Scenario, ctx: RunContext) -> ChatSession:
+        """The run's conversation, as an async context manager that closes it (a class: no generator per run)."""
+        return ChatSession(self, scenario, ctx)
 
     async def aclose(self) -> None:
         for connector in self._connectors.values():

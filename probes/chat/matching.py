@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from html.parser import HTMLParser
@@ -15,6 +16,7 @@ from cxtest.checks import ABSENT, judge_match, show
 from cxtest.model import CheckResult, Outcome
 from probes.chat.connectors.base import BotMessage
 from probes.chat.model import TextExpect
+from probes.http import _compiled
 
 
 class _Text(HTMLParser):
@@ -43,11 +45,14 @@ def strip_html(text: str) -> str:
     return "".join(parser.parts)
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise(text: str) -> str:
     """What the matchers compare by default: HTML tags stripped, case folded, whitespace collapsed."""
+    # Cached: a scenario's expected texts come back on every run, and under load so do most of the bot's.
     return " ".join(strip_html(text).casefold().split())
 
 
+@functools.lru_cache(maxsize=1024)
 def wildcard_pattern(pattern: str) -> re.Pattern[str]:
     """BotiumScript's wildcard: the whole text, `*` standing for any text (none included)."""
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
@@ -116,8 +121,6 @@ def judge(expect: TextExpect, message: BotMessage, normalised: bool = True, simi
 
 def json_value(document: Any, path: str) -> Any:
     """The first value at a JSONPath in the raw reply, or ABSENT."""
-    from probes.http import _compiled
-
     found = _compiled(path).findall(document) if document is not None else []
     return found[0] if found else ABSENT
 

@@ -46,4 +46,4 @@ class RasaConnector(HttpConnector):
         def request(message: UserMessage) -> dict[str, Any]:
             return {"method": "POST", "url": url, "json": {"sender": conversation_id, "message": message.value}}
 
-        return HttpConversation(self.client(target), target, conversation_id, request, parse)
+        return HttpConversation(self, target, conversation_id, request, parse)
