@@ -472,3 +472,136 @@ async def test_pesq_against_a_reference_recording(load, run, tmp_path):
         result = await run(scenario)
     assert result.outcome is Outcome.passed, step_messages(result)
     assert result.steps[0].measures["mos"] > 3.0
+
+
+# --------------------------------------------------------------------------- transcribe: a share of the calls
+
+
+async def record_baseline(path: Path, cwd: Path) -> dict:
+    """`cxtest baseline PATH`, as a user runs it; the baseline file it wrote."""
+    import sys
+
+    cli = Path(sys.executable).parent / "cxtest"
+    process = await asyncio.create_subprocess_exec(
+        str(cli), "baseline", str(path), cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output = (await asyncio.wait_for(process.communicate(), 90))[0].decode()
+    assert process.returncode == 0, output
+    return json.loads((path.parent / "baselines" / f"{path.stem}.json").read_text())
+
+
+def checks_of(result: Result, step: int = 0) -> dict[str, str]:
+    return {c.name: c.outcome.value for c in result.steps[step].checks}
+
+
+async def test_transcribe_share_checks_every_call_by_sound_and_the_sampled_ones_by_words_too(tmp_path, project):
+    """transcribe 0.5: call 1 is transcribed and fingerprinted, call 2 only fingerprinted; a changed prompt fails by its sound."""
+    # No digits: whisper writes "press three" as "press 3" or "press free" from call to call, which the
+    # words-against-baseline check (degraded below 0.9) would flag; that check is not what this test is about.
+    wording = {"now": "Welcome to Acme Bank. For billing and payments, please hold the line."}
+
+    async def speak(call):
+        await call.play(prompt(wording["now"]))
+        await call.ended.wait()
+
+    async with scripted(speak) as uri:
+        path = tmp_path / "sampled.yaml"
+        path.write_text(
+            textwrap.dedent(
+                f"""
+                name: sampled
+                channel: ivr
+                target: {{ uri: "{uri}", transcribe: 0.5 }}
+                step_timeout: 15s
+                steps:
+                  - expect_prompt: "Welcome to Acme Bank"
+                """
+            )
+        )
+        recorded = await record_baseline(path, tmp_path)  # its one call is the first, so transcribed
+        assert "acme" in recorded["1"]["heard"].lower() and recorded["1"]["fingerprint"].startswith("fp1:")
+        scenario = load_scenario(path, project)
+        async with Runner(project, artifacts_root=tmp_path / "artifacts") as runner:
+            sampled = await runner.run_scenario(scenario)
+            by_sound = await runner.run_scenario(scenario)
+            wording["now"] = "Thank you for calling. All our lines are closed until Monday morning."
+            runner.probe("ivr").transcribes(scenario.id, 0.5)  # skip the sampled third call: the fourth is by sound only
+            changed = await runner.run_scenario(scenario)
+    assert sampled.outcome is Outcome.passed, step_messages(sampled)
+    assert checks_of(sampled) == {"prompt": "passed", "prompt_audio": "passed", "baseline": "passed"}, step_messages(sampled)
+    assert {"similarity", "audio_similarity"} <= set(sampled.steps[0].measures)
+    assert by_sound.outcome is Outcome.passed, step_messages(by_sound)
+    assert checks_of(by_sound) == {"prompt_audio": "passed"}, step_messages(by_sound)
+    assert "similarity" not in by_sound.steps[0].measures and by_sound.steps[0].measures["audio_similarity"] >= 0.9
+    assert "sounds like its baseline (audio" in by_sound.steps[0].checks[0].text
+    assert changed.outcome is Outcome.failed, step_messages(changed)
+    assert checks_of(changed) == {"prompt_audio": "failed"}, step_messages(changed)
+    assert changed.steps[0].message.startswith("prompt differs from its baseline (audio 0."), changed.steps[0].message
+    assert "< 0.75); the baseline said 'welcome to acme bank" in changed.steps[0].message.lower(), changed.steps[0].message
+
+
+async def test_transcribe_share_without_a_baseline_is_an_error_that_says_what_to_do(tmp_path, project, load):
+    """transcribe 0.5 with no baseline: the transcribed first call passes, the next errors before dialling, naming the step."""
+    calls = []
+
+    async def speak(call):
+        calls.append(call)
+        await call.play(prompt("Welcome to Acme Bank. For billing, press 1."))
+        await call.ended.wait()
+
+    async with scripted(speak) as uri:
+        scenario = load(
+            """
+            name: no baseline
+            channel: ivr
+            target: { uri: "%URI%", transcribe: 0.5 }
+            step_timeout: 15s
+            steps:
+              - expect_prompt: "Welcome to Acme Bank"
+              - send_dtmf: "1"
+              - expect_prompt: "Goodbye"         # optional: a baseline may lack it
+                optional: true
+                within: 1s
+            """,
+            uri=uri,
+        )
+        async with Runner(project, artifacts_root=tmp_path / "artifacts") as runner:
+            first = await runner.run_scenario(scenario)
+            second = await runner.run_scenario(scenario)
+    assert first.outcome is Outcome.passed and checks_of(first) == {"prompt": "passed"}, step_messages(first)
+    assert second.outcome is Outcome.error, step_messages(second)
+    expected = f"no baseline for step 1: run cxtest baseline {scenario.source.file} first, or transcribe every call (transcribe: 1)"
+    assert second.steps[0].message == expected, second.steps[0].message
+    assert len(calls) == 1  # the untestable call was never placed
+
+
+async def test_barge_in_by_sound_ends_where_the_baseline_did(tmp_path, project, sandbox_ivr):
+    """An untranscribed call through the sandbox IVR: the barge-in welcome ends at its baseline's length, press 3, hours by sound."""
+    path = tmp_path / "hours.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            name: hours by sound
+            channel: ivr
+            target: {{ uri: "{sandbox_ivr.uri('ivr')}", transcribe: 0.5 }}
+            step_timeout: 25s
+            steps:
+              - expect_prompt: "Welcome to Acme Bank"
+                barge_in: true
+              - send_dtmf: "3"
+              - expect_prompt: "We are open Monday to Friday"
+              - expect_hangup: 10s
+            """
+        )
+    )
+    recorded = await record_baseline(path, tmp_path)
+    assert sorted(recorded) == ["1", "3"] and recorded["1"]["duration"] < 6
+    scenario = load_scenario(path, project)
+    async with Runner(project, artifacts_root=tmp_path / "artifacts") as runner:
+        runner.probe("ivr").transcribes(scenario.id, 0.5)  # the first call of this runner would be transcribed
+        result = await runner.run_scenario(scenario)
+    assert result.outcome is Outcome.passed, step_messages(result)
+    welcome, _, hours, _ = result.steps
+    assert checks_of(result, 0) == {"prompt_audio": "passed"} and checks_of(result, 2) == {"prompt_audio": "passed"}
+    assert abs(welcome.measures["prompt_duration"] - recorded["1"]["duration"]) < 0.01 and welcome.duration < 6
+    assert hours.measures["audio_similarity"] >= 0.9, hours.checks[0].text

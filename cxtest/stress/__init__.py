@@ -135,6 +135,10 @@ def run_stress(
         )
         for i in range(count)
     ]
+    if job.store_url:
+        from cxtest.store import Store
+
+        Store(job.store_url).close()  # the tables exist before the workers open it: two creating them at once collide
     started_at = datetime.now(timezone.utc)
     totals = Metrics()
     snapshots: list[Snapshot] = []
