@@ -568,10 +568,15 @@ class IvrProcess:
 
 
 async def _serve_forever(host: str, port: int, broken: bool) -> None:
+    import gc
     import signal
 
     ivr = SandboxIvr(host=host, port=port, broken=broken)
     await ivr.start()
+    # Everything loaded so far (modules, prompts, numbers) lives as long as the process: out of the
+    # collector's sight, a full collection under load scans a fraction of the heap. Its pauses of
+    # 60-230 ms skipped media ticks, a hole in every prompt playing (bench/stress_calls.py).
+    gc.freeze()
     print(f"ready {ivr.port}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
