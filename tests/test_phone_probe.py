@@ -124,7 +124,7 @@ def test_retest_after_means_one_retry_after_that_delay(tmp_path: Path) -> None:
 
 
 async def test_admission_spaces_attempts_by_the_calls_per_second_limit(tmp_path: Path) -> None:
-    """Ten numbers at 20 calls per second are admitted about 50 ms apart, never in a burst."""
+    """Ten numbers at 20 calls per second are admitted on a 50 ms grid: never ahead of it, all in about 0.45 s."""
     scenarios = load(tmp_path, "number\n" + "".join(f"{i}\n" for i in range(10)), target=", calls_per_second: 20")
     probe = PhoneProbe()
     times: list[float] = []
@@ -134,9 +134,10 @@ async def test_admission_spaces_attempts_by_the_calls_per_second_limit(tmp_path:
             times.append(time.monotonic())
 
     await asyncio.gather(*(admit(s) for s in scenarios))
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert min(gaps) >= 0.04, gaps
-    assert 0.42 <= times[-1] - times[0] <= 0.7
+    # A late wake-up shortens the next gap (the grid catches up), so it is the grid that is checked, not each gap.
+    ahead = [round(k * 0.05 - (at - times[0]), 4) for k, at in enumerate(times)]
+    assert max(ahead) <= 0.002, ahead
+    assert 0.448 <= times[-1] - times[0] <= 0.6
 
 
 async def test_the_pacer_keeps_its_grid_after_a_stall() -> None:
