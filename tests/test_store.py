@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import socket
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -263,6 +265,41 @@ def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
     assert pragmas["foreign_keys"] == 1
     assert pragmas["busy_timeout"] > 0
     assert (tmp_path / "wal.db-wal").exists() or (tmp_path / "wal.db").exists()
+
+
+def _save_batches(url: str, writer: int, batches: int) -> None:
+    """One writer process: batches of results whose scenario id, step names and check names all name the writer and result."""
+    with Store(url) as s:
+        for b in range(batches):
+            batch = []
+            for i in range(50):
+                own = f"w{writer}-b{b}-r{i}"
+                r = make_result(own, steps=2, checks=2)
+                steps = tuple(
+                    replace(step, name=f"{own} step", checks=tuple(replace(c, name=f"{own} check") for c in step.checks))
+                    for step in r.steps
+                )
+                batch.append(replace(r, steps=steps))
+            s.save(batch)
+
+
+def test_sqlite_writers_in_several_processes_keep_rows_together(tmp_path: Path) -> None:
+    """Three processes saving batches into one SQLite file at once: every step and check stays with its own result."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    Store(url).close()
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_save_batches, args=(url, w, 20)) for w in range(3)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    with Store(url) as s:
+        results = s.results()
+    assert len(results) == 3 * 20 * 50
+    for r in results:
+        assert [step.name for step in r.steps] == [f"{r.scenario_id} step"] * 2
+        assert {c.name for step in r.steps for c in step.checks} == {f"{r.scenario_id} check"}
 
 
 async def test_sqlite_memory_store_is_shared_across_threads() -> None:
