@@ -144,7 +144,7 @@ def test_out_of_range_values_are_clamped_not_lost() -> None:
 
 @pytest.mark.parametrize("metric", ["turn_latency", "mos", "level"])
 def test_stats_match_numpy_within_hdr_precision(metric: str) -> None:
-    """p50..p99.9, avg, min and max agree with numpy on the same 10,000 values (level: negative) within 0.1%."""
+    """p50..p99.9, avg, min and max agree with numpy on the same 10,000 values (level: negative) within 0.1%, one at a time or in summary()."""
     rng = np.random.default_rng(11)
     values = {
         "turn_latency": rng.lognormal(np.log(0.4), 0.6, 10_000),
@@ -165,6 +165,8 @@ def test_stats_match_numpy_within_hdr_precision(metric: str) -> None:
         seen = metrics.stat(stat, metric)
         assert abs(seen - want) <= abs(want) * HDR_PRECISION + unit / 2, f"{stat}({metric}): numpy says {want}, Metrics says {seen}"
     assert metrics.stat("count", metric) == 10_000
+    summary = metrics.summary(metric, (50, 90, 95, 99, 99.9))
+    assert summary == {stat: metrics.stat(stat, metric) for stat in ("p50", "p90", "p95", "p99", "p99.9", "min", "max", "avg", "count")}
 
 
 def test_percentiles_in_one_pass_equal_stat() -> None:

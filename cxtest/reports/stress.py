@@ -280,15 +280,14 @@ def show_value(metric: str, value: float | None) -> str:
 
 
 def totals_rows(totals: Metrics, names: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per metric: p50/p95/p99 (one pass), min, max, avg, count; shown in the metric's units."""
+    """One row per metric: p50/p95/p99, min, max, avg, count (one pass); shown in the metric's units."""
     rows = []
     for name in names:
-        found = totals.percentiles(name, PERCENTILES) or {}
+        found = totals.summary(name, PERCENTILES) or {}
         rows.append({
             "metric": name,
-            "values": [show_value(name, found.get(p)) for p in PERCENTILES]
-            + [show_value(name, totals.stat(s, name)) for s in ("min", "max", "avg")],
-            "count": f"{totals.stat('count', name) or 0:.0f}",
+            "values": [show_value(name, found.get(key)) for key in (*(f"p{p:g}" for p in PERCENTILES), "min", "max", "avg")],
+            "count": f"{found.get('count', 0):.0f}",
         })
     return rows
 

@@ -56,8 +56,8 @@ def render(plan: StressPlan, t: float, users: int, per_second: float, totals: Me
     outcomes = Text("   ".join(f"{name} {count}" for name, count in sorted(totals.runs.items())) or "no iteration finished yet")
     figures = Table("metric", *PERCENTILES, "max", "count", box=None, pad_edge=False, show_edge=False)
     for name in timed_metrics(totals)[:14]:
-        values = [totals.stat(p, name) for p in PERCENTILES]
-        figures.add_row(name, *(_show(name, v) for v in values), _show(name, totals.stat("max", name)), f"{totals.stat('count', name) or 0:.0f}")
+        found = totals.summary(name) or {}
+        figures.add_row(name, *(_show(name, found.get(p)) for p in (*PERCENTILES, "max")), f"{found.get('count', 0):.0f}")
     parts: list[Any] = [head, outcomes, figures]
     if totals.errors:
         errors = Table("errors", "count", box=None, pad_edge=False, show_edge=False)
@@ -78,10 +78,7 @@ def json_line(t: float, users: int, per_second: float, totals: Metrics, verdicts
         "runs": dict(totals.runs),
         "dropped": totals.dropped,
         "checks": dict(totals.checks),
-        "metrics": {
-            name: {stat: totals.stat(stat, name) for stat in (*PERCENTILES, "min", "max", "avg", "count")}
-            for name in totals.names()
-        },
+        "metrics": {name: totals.summary(name) for name in totals.names()},
         "errors": dict(totals.errors.most_common(TOP_ERRORS)),
         "thresholds": [{"threshold": v.threshold.text, "seen": v.seen, "ok": v.ok} for v in verdicts],
     }

@@ -142,15 +142,14 @@ def _counts(histogram: HdrHistogram) -> np.ndarray:
     return np.ctypeslib.as_array(histogram.counts)
 
 
-def _at_percentiles(histogram: HdrHistogram, percentiles: Sequence[float], negated: bool) -> list[int]:
-    """HdrHistogram.get_value_at_percentile for several percentiles in one numpy pass.
+def _at_percentiles(cumulative: np.ndarray, percentiles: Sequence[float], negated: bool) -> list[int]:
+    """HdrHistogram.get_value_at_percentile for several percentiles, from the cumulative counts.
 
     Negated values (level) are read from the other end: the p95 of level is the value of the
     same rank counted from the top of the negated values, and the bucket edge that is the
     upper edge in natural units, as HDR reports it for every other metric.
     """
     _, _, _, lowest, highest, _ = _layout()
-    cumulative = np.cumsum(_counts(histogram))
     total = int(cumulative[-1])
     values = []
     for percentile in percentiles:
@@ -336,7 +335,31 @@ class Metrics:
             return None
         wanted = list(percentiles)
         scale = scale_of(metric)
-        return {p: v / scale for p, v in zip(wanted, _at_percentiles(histogram, wanted, negated=scale < 0))}
+        cumulative = np.cumsum(_counts(histogram))
+        return {p: v / scale for p, v in zip(wanted, _at_percentiles(cumulative, wanted, negated=scale < 0))}
+
+    def summary(self, metric: str, percentiles: Sequence[float] = (50.0, 95.0, 99.0)) -> dict[str, float] | None:
+        """pNN for each percentile, min, max, avg and count of one metric in one pass over its histogram; None if no data.
+
+        The live view reads every metric each second: one cumulative sum per metric instead of
+        one per figure (12 ms a second for 26 metrics in the coordinator, now a quarter of it).
+        """
+        histogram = self.histograms.get(metric)
+        if histogram is None or not histogram.total_count:
+            return None
+        scale = scale_of(metric)
+        _, _, _, lowest, highest, middle = _layout()
+        counts = _counts(histogram)
+        cumulative = np.cumsum(counts)
+        total = int(cumulative[-1])
+        first, last = int(np.searchsorted(cumulative, 1)), int(np.searchsorted(cumulative, total))
+        smallest, largest = (int(lowest[first]), int(highest[last])) if scale > 0 else (-int(highest[last]), -int(lowest[first]))
+        figures = {f"p{p:g}": v / scale for p, v in zip(percentiles, _at_percentiles(cumulative, percentiles, negated=scale < 0))}
+        figures["min"], figures["max"] = smallest / abs(scale), largest / abs(scale)
+        # Not np.dot: on float64 it wakes OpenBLAS's threads, which then spin (a tenth of a core in the coordinator).
+        figures["avg"] = float(np.multiply(counts, middle, dtype=np.float64).sum()) / total / scale
+        figures["count"] = float(total)
+        return figures
 
     def stat(self, stat: str, metric: str) -> float | None:
         """p50..p99.9, med, avg, min, max or count of a metric, in natural units (seconds for durations); None if no data.
@@ -348,28 +371,16 @@ class Metrics:
             return self.rate(metric)
         if stat == "count":
             return self._count(metric)
-        histogram = self.histograms.get(metric)
-        if histogram is None or not histogram.total_count:
-            return None
-        scale = scale_of(metric)
-        if stat in ("min", "max"):
-            highest_first = (stat == "max") != (scale < 0)
-            index = _nonzero_edge(histogram, last=highest_first)
-            _, _, _, lowest, highest, _ = _layout()
-            return int(highest[index] if highest_first else lowest[index]) / scale
-        if stat == "avg":
-            _, _, _, _, _, middle = _layout()
-            counts = _counts(histogram)
-            # Not np.dot: on float64 it wakes OpenBLAS's threads, which then spin (a tenth of a core in the
-            # coordinator, which reads every metric's avg each second); float64 x int64 was 1.8 ms a call.
-            return float(np.multiply(counts, middle, dtype=np.float64).sum()) / histogram.total_count / scale
         if stat == "med":
             stat = "p50"
+        if stat in ("min", "max", "avg"):
+            figures = self.summary(metric, ())
+            return None if figures is None else figures[stat]
         match = _PERCENTILE.fullmatch(stat)
         if match is None or not 0 <= float(match.group(1)) <= 100:
             raise ValueError(f"unknown stat {stat!r}: use p50..p99.9, med, avg, min, max, count or rate")
-        percentile = float(match.group(1))
-        return self.percentiles(metric, [percentile])[percentile]
+        found = self.percentiles(metric, [float(match.group(1))])
+        return None if found is None else next(iter(found.values()))
 
     def _count(self, metric: str) -> float | None:
         if metric in OUTCOMES:
@@ -398,9 +409,4 @@ class Metrics:
             wanted = self.dropped + self.finished
             return self.dropped / wanted if wanted else None
         raise ValueError(f"unknown rate {what!r}: use {', '.join(RATES)}")
-
-
-def _nonzero_edge(histogram: HdrHistogram, last: bool) -> int:
-    nonzero = np.flatnonzero(_counts(histogram))
-    return int(nonzero[-1] if last else nonzero[0])
 
