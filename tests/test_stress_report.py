@@ -9,14 +9,13 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import cxtest.logs
 from cxtest.model import CheckResult, Outcome, Result, StepResult
 from cxtest.reports import write_stress_html
 from cxtest.reports import stress as stress_report
-from cxtest.reports.stress import FAILED_SHOWN, render_stress_html, sparse_percentiles, time_series
+from cxtest.reports.stress import FAILED_SHOWN, render_stress_html, time_series
 from cxtest.store import Store
 from cxtest.stress import Snapshot, StressJob, StressOutcome, StressPlan
 from cxtest.stress.stats import Metrics
@@ -88,7 +87,7 @@ def snapshots(count: int, distinct: int = 10) -> list[Snapshot]:
     seconds = [second(i) for i in range(distinct)]
     encoded = [(dict(m.runs), m.encode()) for m in seconds]
     return [
-        Snapshot(t=float(i + 1), users=min(10, i + 1), started=5, runs=encoded[i % distinct][0], data=encoded[i % distinct][1])
+        Snapshot(t=float(i + 1), users=min(10, i + 1), started=5, runs=encoded[i % distinct][0], parts=(encoded[i % distinct][1],))
         for i in range(count)
     ]
 
@@ -218,21 +217,6 @@ def test_series_rates_and_failed_share():
     assert series.bad_share[0] == pytest.approx(0.2) and series.bad_share[1] == 0
     assert series.percentiles["duration"].shape == (5, 3)
     assert (series.percentiles["duration"][:, 0] <= series.percentiles["duration"][:, 2]).all()
-
-
-def test_sparse_percentiles_equal_the_metrics_own():
-    """The report's quick per-second percentiles are exactly Metrics.percentiles, negated `level` included."""
-    metrics = Metrics()
-    for i in range(200):
-        steps = (StepResult(index=0, name="talk", outcome=Outcome.passed, started=0.0, duration=0.05 + (i % 37) * 0.013,
-                            measures={"level": -12.0 - (i % 23) * 0.7, "mos": 3.1 + (i % 11) * 0.1}),)
-        metrics.record(Result(scenario_id="s", scenario_name="s", channel="ivr", file="f", outcome=Outcome.passed,
-                              started_at=T0, duration=0.5 + (i % 53) * 0.1, steps=steps))
-    wanted = (0.0, 1.0, 50.0, 95.0, 99.0, 99.9, 100.0)
-    for name in ("duration", "step:talk.duration", "level", "mos"):
-        expected = metrics.percentiles(name, wanted)
-        seen = sparse_percentiles(np.ctypeslib.as_array(metrics.histograms[name].counts), name, wanted)
-        assert list(seen) == [expected[p] for p in wanted], f"{name}: expected {expected}, saw {list(seen)}"
 
 
 def test_long_exercise_is_plotted_from_merged_seconds(monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import multiprocessing
 import random
@@ -319,7 +321,7 @@ def assert_same_metrics(seen: Metrics, expected: Metrics) -> None:
 
 
 def test_encode_decode_round_trip() -> None:
-    """decode(encode()) gives back every counter, example, kind and histogram; garbage is a ValueError."""
+    """decode(encode()) gives back every counter, example, kind and histogram; garbage, or buckets that cannot be, is a ValueError."""
     metrics = Metrics(step_kinds=KINDS)
     for i in range(300):
         iteration = synthetic(i)
@@ -332,9 +334,22 @@ def test_encode_decode_round_trip() -> None:
     assert_same_metrics(Metrics.decode(data), metrics)
     empty = Metrics.decode(Metrics().encode())
     assert (empty.names(), empty.finished, empty.dropped) == ([], 0, 0)
-    for garbage in (b'{"runs": 3}', b"\x00\xff", data.replace(b'"HISTF', b'"XISTF', 1), data[: len(data) // 2]):
+    fields = json.loads(data)
+    bucket_list, count_list, smallest, largest = fields["histograms"]["duration"]
+    def with_duration(*sparse: object) -> bytes:
+        return json.dumps({**fields, "histograms": {"duration": list(sparse)}}).encode()
+    past_the_last = base64.b64encode(np.array([10**6], dtype="<u4").tobytes()).decode()
+    one_count = base64.b64encode(np.array([1], dtype="<u8").tobytes()).decode()
+    garbage = [
+        b'{"runs": 3}', b"\x00\xff", data[: len(data) // 2],
+        json.dumps({**fields, "v": 1}).encode(),  # hdrh's V2 histograms, before
+        with_duration("not base64!", count_list, smallest, largest),
+        with_duration(bucket_list, one_count, smallest, largest),  # counts and buckets do not pair up
+        with_duration(past_the_last, one_count, 0, 0),
+    ]
+    for bad in garbage:
         with pytest.raises(ValueError, match="not encoded Metrics"):
-            Metrics.decode(garbage)
+            Metrics.decode(bad)
 
 
 def test_merge_across_processes_equals_one_process() -> None:

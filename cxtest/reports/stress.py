@@ -27,7 +27,7 @@ from cxtest.runner import _slug
 from cxtest.store import redact_url
 from cxtest.stress import Snapshot, StressOutcome
 from cxtest.stress.live import timed_metrics
-from cxtest.stress.stats import OUTCOMES, Metrics, _layout, is_seconds, scale_of
+from cxtest.stress.stats import OUTCOMES, Metrics, is_seconds, percentiles_of
 
 from ._common import write_text_atomic
 from .html import _CHART_RC, COLOURS, _environment, _href, _short
@@ -71,7 +71,7 @@ class _Point:
     started: int
     dropped: int
     runs: Counter[str]
-    counts: dict[str, np.ndarray]  # metric -> histogram counts (see sparse_percentiles)
+    counts: dict[str, np.ndarray]  # metric -> histogram counts (see percentiles_of)
 
 
 def _points(snapshots: Sequence[Snapshot], size: int, names: Sequence[str]) -> Iterator[_Point]:
@@ -109,7 +109,7 @@ def time_series(snapshots: Sequence[Snapshot], metrics: Sequence[str]) -> Series
         for outcome in OUTCOMES:
             finished[outcome][i] = point.runs[outcome]
         for name, counts in point.counts.items():
-            values[name][i] = sparse_percentiles(counts, name, PERCENTILES)
+            values[name][i] = percentiles_of(counts, name, PERCENTILES)
     spans = np.diff(t, prepend=t[0] - size) if n else t
     spans = np.maximum(spans, 0.05)  # a late collect must not turn one second's runs into a spike
     total = sum(finished.values())
@@ -126,30 +126,6 @@ def time_series(snapshots: Sequence[Snapshot], metrics: Sequence[str]) -> Series
         percentiles=values,
         seconds_per_point=size,
     )
-
-
-def sparse_percentiles(counts: np.ndarray, metric: str, percentiles: Sequence[float]) -> np.ndarray:
-    """Metrics.percentiles from a histogram's counts (natural units), read from the non-empty buckets only.
-
-    The same rank rule and bucket edges as cxtest.stress.stats (pinned by a test), but one
-    second holds a handful of values among 23,552 buckets: the cumulative sum of the
-    non-empty ones is several times quicker than of all of them, which is what keeps
-    thousands of per-second percentiles cheap.
-    """
-    _, _, _, lowest, highest, _ = _layout()
-    nonzero = np.flatnonzero(counts != 0)  # on a bool array: far quicker than on the uint64 counts
-    cumulative = np.cumsum(counts[nonzero])
-    total = int(cumulative[-1])
-    wanted = np.minimum(np.asarray(percentiles, dtype=float), 100.0)
-    ranks = np.maximum((wanted * total / 100 + 0.5).astype(np.int64), 1)
-    scale = scale_of(metric)
-    if scale < 0:  # negated values (level): count from the top, report the other bucket edge
-        index = nonzero[np.searchsorted(cumulative, total - ranks + 1, side="left")]
-        edges = np.where(wanted > 0, lowest[index], highest[index])
-    else:
-        index = nonzero[np.searchsorted(cumulative, ranks, side="left")]
-        edges = np.where(wanted > 0, highest[index], lowest[index])
-    return edges / scale
 
 
 def _legend(ax: Any) -> None:

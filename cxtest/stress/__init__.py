@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from typing import Any
 from cxtest.stress.plan import StressPlan
 from cxtest.stress.stats import Metrics
 from cxtest.stress.thresholds import Verdict, clearly_lost, judge, parse_threshold
-from cxtest.stress.worker import Delta, LocalWorkers, WorkerConfig, step_kinds
+from cxtest.stress.worker import LocalWorkers, WorkerConfig, step_kinds
 
 __all__ = ["Snapshot", "StressJob", "StressOutcome", "StressPlan", "new_stress_id", "run_stress", "step_kinds"]
 
@@ -56,15 +57,15 @@ class StressJob:
 class Snapshot:
     """One second of the whole exercise: users running, iterations started, and what finished in it.
 
-    What finished is kept encoded (tens of kB, where a decoded Metrics holds megabytes of
-    histogram counts): a ten-minute run keeps 600 of them for the report's plots.
+    What finished is kept as the workers sent it, encoded (kB, where a decoded Metrics holds
+    megabytes of histogram counts): a ten-minute run keeps 600 of them for the report's plots.
     """
 
     t: float
     users: int
     started: int
     runs: dict[str, int]
-    data: bytes
+    parts: tuple[bytes, ...]  # each worker's encoded Metrics of this second
 
     @property
     def finished(self) -> int:
@@ -72,8 +73,11 @@ class Snapshot:
 
     @property
     def metrics(self) -> Metrics:
-        """Decoded anew on each access (milliseconds): read it once per snapshot."""
-        return Metrics.decode(self.data)
+        """Decoded anew on each access: read it once per snapshot."""
+        metrics = Metrics()
+        for part in self.parts:
+            metrics.merge(Metrics.decode(part))
+        return metrics
 
 
 @dataclass
@@ -159,11 +163,14 @@ def run_stress(
             deltas = hosts.collect()
             if not deltas and now() < starts:
                 continue  # the workers are still loading the scenario
-            second = _merge(deltas)
+            runs: Counter[str] = Counter()
             for delta in deltas:
                 users[delta.worker] = 0 if delta.done else delta.users
-            totals.merge(second)
-            snapshot = Snapshot(now() - starts, sum(users.values()), sum(d.started for d in deltas), dict(second.runs), second.encode())
+                metrics = Metrics.decode(delta.metrics)
+                runs.update(metrics.runs)
+                totals.merge(metrics)  # its histograms are added in when the totals are next read
+            parts = tuple(d.metrics for d in deltas)
+            snapshot = Snapshot(now() - starts, sum(users.values()), sum(d.started for d in deltas), dict(runs), parts)
             snapshots.append(snapshot)
             verdicts = judge(thresholds, totals)
             if on_tick is not None:
@@ -186,13 +193,6 @@ def run_stress(
         job=job, started_at=started_at, totals=totals, snapshots=snapshots, verdicts=judge(thresholds, totals),
         duration=max(0.0, now() - starts), interrupted=interrupted, aborted=aborted, errors=errors,
     )
-
-
-def _merge(deltas: list[Delta]) -> Metrics:
-    metrics = Metrics()
-    for delta in deltas:
-        metrics.merge(Metrics.decode(delta.metrics))
-    return metrics
 
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
