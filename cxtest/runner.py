@@ -67,6 +67,7 @@ class Runner:
         self.think = think  # (min, max) seconds a customer pauses between steps: stress runs
         self.evidence = evidence  # which runs keep their evidence; None: every run
         self._probes: dict[str, Probe] = {}
+        self._folders: dict[str, Path] = {}  # scenario id -> its artifacts folder in this run
 
     async def __aenter__(self) -> "Runner":
         return self
@@ -174,7 +175,9 @@ class Runner:
             return await self._attempt(scenario, attempt, iteration)
 
     async def _attempt(self, scenario: Scenario, attempt: int, iteration: str | None = None) -> Result:
-        folder = self.artifacts_root / self.run_id / _slug(scenario.id)
+        folder = self._folders.get(scenario.id)
+        if folder is None:
+            folder = self._folders[scenario.id] = self.artifacts_root / self.run_id / _slug(scenario.id)
         if iteration is not None:
             folder = folder / iteration
         ctx = RunContext(

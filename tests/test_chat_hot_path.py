@@ -22,7 +22,9 @@ import trustme
 
 from cxtest.errors import ProbeError, ProtocolError, TargetUnreachable
 from probes.chat.connectors.http1 import Pool, split_url
-from probes.chat.connectors.rest import _tls
+from probes.chat import ChatProbe
+from probes.chat.connectors.rest import _json, _tls
+from probes.chat.model import BotExpect
 from probes.http import _compiled, _SimplePath, render
 from servers import ThreadedServer, closed_port, make_app, raw_server
 
@@ -72,6 +74,27 @@ def test_a_missing_value_is_jinja2s_error_naming_what_was_saved() -> None:
     """A placeholder with no saved value fails as before: Jinja2's message and the saved names."""
     with pytest.raises(ProbeError, match=r"'balance' is undefined in 'pay \{\{ balance \}\}' \(saved values: name\)"):
         render("pay {{ balance }}", {"name": "Ann"})
+
+
+def test_filled_expectations_are_validated_once_per_set_of_values() -> None:
+    """A bot step's {{ saved }} values are filled in; the same values give back the same model, new values a new one."""
+    expect = BotExpect.model_validate({"contains": "payment of {{ balance }} pounds", "save": {"ref": "regex:(\\d+)"}})
+    probe = ChatProbe()
+    first = probe.filled(expect, {"balance": 42})
+    assert (first.contains, first.save) == ("payment of 42 pounds", {"ref": "regex:(\\d+)"})
+    assert probe.filled(expect, {"balance": 42}) is first
+    assert probe.filled(expect, {"balance": 7}).contains == "payment of 7 pounds"
+    plain = BotExpect.model_validate({"contains": "hello"})
+    assert probe.filled(plain, {"balance": 42}) is plain
+
+
+def test_a_bot_answer_in_utf16_is_still_read() -> None:
+    """orjson reads UTF-8 answers; an answer in another encoding JSON allows is read as json did."""
+    document = {"messages": [{"text": "Grüße"}]}
+    assert _json(json.dumps(document).encode()) == document
+    assert _json(json.dumps(document, ensure_ascii=False).encode("utf-16")) == document
+    with pytest.raises(ValueError):
+        _json(b"<html>")
 
 
 # --------------------------------------------------------------------------- the HTTP client

@@ -139,7 +139,7 @@ class ChatSession:
         message = await self._next(waited)
         if message is None:
             raise StepFailed(f"the bot sent nothing within {waited:g}s{self._after()}\n{self.transcript_text()}")
-        expect = self._filled(step.bot)
+        expect = self.probe.filled(step.bot, self.ctx.variables)
         latency = self._latency(message)
         checks = judge(expect, message, expect.normalise)
         if expect.not_ is not None:
@@ -157,14 +157,6 @@ class ChatSession:
             measures=measures,
             evidence={"expected": step.describe(), "got": message.text, "transcript": self.transcript_text()},
         )
-
-    def _filled(self, expect: Any) -> Any:
-        """The expectations with saved values filled in ("payment of {{ balance }} pounds")."""
-        given = self.probe.templated(expect)
-        if given is None:
-            return expect
-        filled = render(given, self.ctx.variables)
-        return expect if filled == given else type(expect).model_validate({**filled, "save": expect.save})
 
     def _save(self, sources: dict[str, str], message: BotMessage) -> None:
         for name, source in sources.items():
@@ -251,6 +243,7 @@ class ChatProbe:
     def __init__(self) -> None:
         self._connectors: dict[str, Any] = {}
         self._templated: dict[int, tuple[Any, dict[str, Any] | None]] = {}
+        self._filled_models: dict[tuple[int, str], tuple[Any, Any]] = {}
 
     def templated(self, expect: Any) -> dict[str, Any] | None:
         """A bot step's expectations as given, when some hold `{{ }}` to fill; None when none do.
@@ -265,6 +258,26 @@ class ChatProbe:
             given = expect.model_dump(by_alias=True, exclude_unset=True, exclude={"save"})
             known = (expect, given if _has_template(given) else None)
             self._templated[id(expect)] = known
+        return known[1]
+
+    def filled(self, expect: Any, variables: dict[str, Any]) -> Any:
+        """`expect` with saved values filled in ("payment of {{ balance }} pounds"); the model made for the same values is reused.
+
+        Validating a filled model cost as much as the rest of a bot step; under load most
+        conversations fill in the same values (the same balance, the same name).
+        """
+        given = self.templated(expect)
+        if given is None:
+            return expect
+        filled = render(given, variables)
+        if filled == given:
+            return expect
+        key = (id(expect), repr(filled))
+        known = self._filled_models.get(key)
+        if known is None or known[0] is not expect:
+            if len(self._filled_models) > 10_000:  # values that change on every run: start afresh now and then
+                self._filled_models.clear()
+            known = self._filled_models[key] = (expect, type(expect).model_validate({**filled, "save": expect.save}))
         return known[1]
 
     async def connector(self, name: str) -> Any:
