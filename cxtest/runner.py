@@ -10,6 +10,7 @@ This is the one place where exceptions become outcomes:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import secrets
@@ -191,15 +192,20 @@ class Runner:
         started_at = datetime.now(timezone.utc)
         clock = time.perf_counter()
         steps: list[StepResult] = []
+        deadlines = _Deadlines(scenario.timeout)
         try:
-            async with asyncio.timeout(scenario.timeout):
-                await self._steps(scenario, ctx, clock, steps)
+            async with deadlines:
+                await self._steps(scenario, ctx, clock, steps, deadlines)
         except TimeoutError:
-            # The scenario deadline hit mid-step: that step failed, the rest never ran.
+            # A deadline hit mid-step: that step failed, the rest never ran.
             index = len(steps)
             if index < len(scenario.steps):
-                message = f"scenario timeout ({format_duration(scenario.timeout)}) reached during this step"
-                in_flight_since = clock + (steps[-1].started + steps[-1].duration if steps else 0.0)
+                if deadlines.step_expired:
+                    message = f"no answer within {format_duration(deadlines.step_timeout)} (step timeout)"
+                    in_flight_since = deadlines.step_started
+                else:
+                    message = f"scenario timeout ({format_duration(scenario.timeout)}) reached during this step"
+                    in_flight_since = clock + (steps[-1].started + steps[-1].duration if steps else 0.0)
                 steps.append(_step(scenario, index, Outcome.failed, clock, in_flight_since, message))
         except ProbeError as exc:
             # Opening the session (a call, a browser context) failed before any step.
@@ -213,14 +219,17 @@ class Runner:
             self.evidence.kept_failure()
         return _result(scenario, ctx, steps, started_at, duration)
 
-    async def _steps(self, scenario: Scenario, ctx: RunContext, clock: float, steps: list[StepResult]) -> None:
+    async def _steps(self, scenario: Scenario, ctx: RunContext, clock: float, steps: list[StepResult], deadlines: "_Deadlines") -> None:
         probe = self.probe(scenario.channel)
         async with probe.session(scenario, ctx) as session:
             try:
                 for index, step in enumerate(scenario.steps):
                     if index and self.think is not None:
                         await asyncio.sleep(random.uniform(*self.think))
-                    result = await _run_step(session, scenario, index, step, ctx, clock)
+                    timeout = step.timeout or scenario.step_timeout
+                    deadlines.step_begins(timeout)
+                    result = await _run_step(session, scenario, index, step, ctx, clock, timeout)
+                    deadlines.step_ends()
                     steps.append(result)
                     if result.outcome in (Outcome.failed, Outcome.error):
                         ctx.failed = True  # before the session closes: it keeps the evidence of a failure
@@ -228,6 +237,69 @@ class Runner:
             except BaseException:
                 ctx.failed = True
                 raise
+
+
+class _Deadlines:
+    """An attempt's deadlines, the scenario's and its running step's, watched by one timer.
+
+    Each step used to run in its own asyncio.timeout: a Timeout, a timer armed and cancelled,
+    nine times in a chat conversation, a tenth of what the runner costs per run under load.
+    Here a step only notes its deadline; the one timer, armed at the earliest deadline it
+    knows, looks again when it fires (the step may have ended, or a later one begun) and
+    expires the attempt's asyncio.Timeout only when a deadline has truly passed. A step
+    gets half a second of grace past its timeout, so a probe's own, more precise message wins.
+    """
+
+    GRACE_S = 0.5
+
+    def __init__(self, scenario_timeout: float):
+        self.scenario_timeout = scenario_timeout
+        self.step_deadline = math.inf
+        self.step_timeout = 0.0
+        self.step_started = 0.0  # perf_counter() when the running step began
+        self.step_expired = False
+        self._timeout: asyncio.Timeout | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = math.inf
+
+    async def __aenter__(self) -> "_Deadlines":
+        self._loop = asyncio.get_running_loop()
+        self.scenario_deadline = self._loop.time() + self.scenario_timeout
+        self._timeout = asyncio.timeout(None)
+        await self._timeout.__aenter__()
+        self._arm(self.scenario_deadline)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._timeout is not None
+        return await self._timeout.__aexit__(*exc)
+
+    def step_begins(self, timeout: float) -> None:
+        self.step_timeout, self.step_started = timeout, time.perf_counter()
+        self.step_deadline = self._loop.time() + timeout + self.GRACE_S
+        if self.step_deadline < self._armed:
+            self._arm(self.step_deadline)
+
+    def step_ends(self) -> None:
+        self.step_deadline = math.inf
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = when
+        self._timer = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        due = min(self.step_deadline, self.scenario_deadline)
+        if self._loop.time() < due:
+            self._arm(due)
+            return
+        self._timer = None
+        self.step_expired = self.step_deadline < self.scenario_deadline
+        assert self._timeout is not None
+        self._timeout.reschedule(self._loop.time())  # expires now: the running step is cancelled
 
 
 class EvidenceSampler:
@@ -253,13 +325,11 @@ class EvidenceSampler:
         self.failures_kept += 1
 
 
-async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx: RunContext, clock: float) -> StepResult:
-    timeout = step.timeout or scenario.step_timeout
+async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx: RunContext, clock: float, timeout: float) -> StepResult:
+    """One step, under the deadlines its caller set (_Deadlines); a TimeoutError of the probe's own is its step timeout too."""
     started = time.perf_counter()
     try:
-        # A little grace so a probe's own, more precise timeout message wins the race.
-        async with asyncio.timeout(timeout + 0.5):
-            observation: Observation = await session.step(index, step, timeout)
+        observation: Observation = await session.step(index, step, timeout)
     except TimeoutError:
         return _step(scenario, index, Outcome.failed, clock, started, f"no answer within {format_duration(timeout)} (step timeout)")
     except StepFailed as exc:

@@ -202,6 +202,18 @@ async def test_a_step_timeout_overrides_the_scenario_step_timeout(runner_for) ->
     assert result.steps[0].message == "no answer within 100ms (step timeout)"
 
 
+async def test_each_step_gets_its_own_timeout_from_when_it_began(runner_for) -> None:
+    """Steps that each take most of their timeout all pass; one past it fails at its own deadline, not an earlier step's."""
+    steps = [{"do": "sleep", "seconds": 0.3}] * 3 + [{"do": "sleep", "seconds": 1.5}]
+    started = time.perf_counter()
+    result = await run_one(runner_for(), fake(*steps, step_timeout=0.4, timeout=30))
+    elapsed = time.perf_counter() - started
+    assert [s.outcome for s in result.steps] == [Outcome.passed] * 3 + [Outcome.failed]
+    assert result.steps[3].message == "no answer within 400ms (step timeout)"
+    assert 0.85 <= result.steps[3].duration < 1.3  # its timeout and the half second of grace, from its own start
+    assert elapsed < 2.5
+
+
 async def test_scenario_timeout_fails_the_running_step(runner_for) -> None:
     """The scenario deadline hitting mid-step fails that step and skips the rest."""
     result = await run_one(runner_for(), fake("pass", "hang", "pass", timeout=0.3, step_timeout=30))
