@@ -220,7 +220,7 @@ def _measures_out(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _outcome(value: Outcome | str) -> str:
-    return Outcome(value).value
+    return value.value if isinstance(value, Outcome) else Outcome(value).value
 
 
 def _check_dict(check: CheckResult) -> dict[str, Any]:

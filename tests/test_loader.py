@@ -38,7 +38,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "cxtest.yaml").write_text("store: sqlite:///cxtest.db\n")
     monkeypatch.chdir(tmp_path)
     yield tmp_path
-    logs._secrets.clear()
+    logs.forget_secrets()
 
 
 def write(name: str, text: str) -> Path:

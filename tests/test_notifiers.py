@@ -127,7 +127,7 @@ def make(type_name: str, **overrides: Any) -> BaseNotifier:
 def forget_secrets() -> Iterator[None]:
     """Secrets registered by a test do not redact text in the next."""
     yield
-    logs._secrets.clear()
+    logs.forget_secrets()
 
 
 @pytest.fixture(autouse=True)

@@ -47,9 +47,9 @@ def step(index: int, name: str, outcome: Outcome, started: float, duration: floa
 
 @pytest.fixture(autouse=True)
 def clean_secrets():
-    cxtest.logs._secrets.clear()
+    cxtest.logs.forget_secrets()
     yield
-    cxtest.logs._secrets.clear()
+    cxtest.logs.forget_secrets()
 
 
 @pytest.fixture

@@ -107,9 +107,9 @@ def kept_evidence(root: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(autouse=True)
 def clean_secrets():
-    cxtest.logs._secrets.clear()
+    cxtest.logs.forget_secrets()
     yield
-    cxtest.logs._secrets.clear()
+    cxtest.logs.forget_secrets()
 
 
 def test_report_shows_verdicts_plots_totals_and_errors(tmp_path):

@@ -23,7 +23,8 @@ class RasaTarget(ChatTarget):
     path: str = WEBHOOK
 
 
-def parse(document: Any) -> list[BotMessage]:
+def parse(document: Any, at: float) -> list[BotMessage]:
+    """Rasa's answer as bot messages that arrived at `at`."""
     if not isinstance(document, list):
         raise ProtocolError(f"Rasa's REST channel answers with a list of messages, this is not one: {snippet(str(document))}")
     messages = []
@@ -32,7 +33,7 @@ def parse(document: Any) -> list[BotMessage]:
             raise ProtocolError(f"a Rasa message is an object, this is not: {snippet(str(item))}")
         buttons = tuple(b for b in map(as_button, item.get("buttons") or ()) if b is not None)
         text = item.get("text") or item.get("image") or ""
-        messages.append(BotMessage(str(text), buttons, raw=item))
+        messages.append(BotMessage(str(text), buttons, raw=item, at=at))
     return messages
 
 

@@ -92,7 +92,7 @@ class HttpConversation(Conversation):
     aiohttp when the environment names a proxy for the URL.
     """
 
-    def __init__(self, connector: HttpConnector, target: ChatTarget, conversation_id: str, request: Callable[[UserMessage], dict[str, Any]], parse: Callable[[Any], list[BotMessage]]):
+    def __init__(self, connector: HttpConnector, target: ChatTarget, conversation_id: str, request: Callable[[UserMessage], dict[str, Any]], parse: Callable[[Any, float], list[BotMessage]]):
         super().__init__()
         self.connector, self.target, self.conversation_id = connector, target, conversation_id
         self._request, self._parse = request, parse
@@ -123,8 +123,8 @@ class HttpConversation(Conversation):
             document = _json(content)
         except ValueError:
             raise ProtocolError(f"the bot's answer is not JSON ({kind or 'no content type'}): {snippet(_text(content))}") from None
-        for bot_message in self._parse(document):
-            self.deliver(BotMessage(bot_message.text, bot_message.buttons, bot_message.intent, bot_message.confidence, bot_message.raw, arrived))
+        for bot_message in self._parse(document, arrived):
+            self.deliver(bot_message)
 
     async def _via_proxy(self, method: str, url: str, headers: dict[str, str], body: bytes | None, proxy: str) -> tuple[int, str, str | None, bytes, list[str]]:
         import aiohttp  # only behind a proxy: its import is not paid by every chat run
@@ -308,14 +308,14 @@ class RestConnector(HttpConnector):
                 return {"method": target.method, "url": target.url, "data": body.encode()}
             return {"method": target.method, "url": target.url, "json": body}
 
-        def parse(document: Any) -> list[BotMessage]:
+        def parse(document: Any, at: float) -> list[BotMessage]:
             intent = _first(target.intent, document)
             confidence = _first(target.confidence, document)
             messages = []
             for item in _all(target.messages, document):
                 buttons = tuple(b for b in map(as_button, _all(target.buttons, item)) if b is not None)
                 for text in _all(target.text, item) or ([""] if buttons else []):
-                    messages.append(BotMessage(str(text), buttons, intent if isinstance(intent, str) else None, _number(confidence), item))
+                    messages.append(BotMessage(str(text), buttons, intent if isinstance(intent, str) else None, _number(confidence), item, at))
             return messages
 
         return HttpConversation(self, target, conversation_id, request, parse)
