@@ -186,10 +186,11 @@ async def test_a_connection_the_server_closed_is_not_used_again() -> None:
         (None, True, "closed the connection without answering"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"cut\":", False, "closed the connection in the middle of its answer"),
         (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False, "the bot's answer is not HTTP: 'SSH-2.0-OpenSSH_9.6'"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n", False, "bad Content-Length: 'ten'"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False, "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n", False, "malformed HTTP (Invalid character in Content-Length)"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False, "malformed HTTP (Invalid character in chunk size)"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"x" * 70_000 + b"\r\n\r\n", False, "no end of headers in its first 65536 bytes"),
     ],
-    ids=["hang-up", "cut-short", "not-http", "bad-length", "bad-chunk"],
+    ids=["hang-up", "cut-short", "not-http", "bad-length", "bad-chunk", "endless-headers"],
 )
 async def test_an_answer_that_is_not_a_whole_http_response_is_a_protocol_error(reply: bytes | None, hang_up: bool, says: str) -> None:
     """A peer that hangs up, stops mid-body or speaks something else: ProtocolError saying which."""

@@ -9,8 +9,9 @@ Why not httpx or aiohttp: a stress exercise sends every user message of every vi
 user through here. httpx spent about 1 ms of CPU per request (its pool scans every
 connection per request); aiohttp about 0.2 ms, most of it in features a chat exchange
 does not use (redirects, cookies, auth, tracing, per-request timers). This does one
-request at a time per connection, reads Content-Length, chunked and close-delimited
-bodies, and nothing else: no redirects (httpx did not follow them either), no cookies
+request at a time per connection; responses are parsed by httptools (Node's llhttp,
+uvicorn's parser): Content-Length, chunked and close-delimited bodies, 1xx responses,
+keep-alive. Nothing else: no redirects (httpx did not follow them either), no cookies
 (conversations must not share them), no proxies (the connector uses aiohttp when the
 environment names one for the URL).
 
@@ -28,6 +29,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit
+
+import httptools
 
 from cxtest.errors import ProbeError, ProtocolError, StepTimeout, TargetUnreachable
 
@@ -81,15 +84,23 @@ class _Closed(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One connection: one request at a time; the response is parsed as its bytes arrive."""
+    """One connection: one request at a time; the response is parsed by httptools (llhttp) as its bytes arrive."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
         self.waiter: asyncio.Future[Response] | None = None
         self.ended = False  # the peer closed or the connection broke: never reused
         self.reusable = True
-        self._head: tuple[int, str, dict[str, str], int] | None = None  # status, reason, headers, body start
+        self._parser = httptools.HttpResponseParser(self)
+        self._start()
+
+    def _start(self) -> None:
+        self._first = b""  # the first bytes of the answer, to show when it is not HTTP
+        self._reason = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._head_size = 0
+        self._headed = False  # the headers are complete
 
     # -- asyncio.Protocol
 
@@ -100,19 +111,51 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None or self.waiter.done():
             self.reusable = False  # bytes nobody asked for (a 408 before closing, say): never reuse this one
             return
-        self.buffer += data
-        self._parse(eof=False)
+        if len(self._first) < 80:
+            self._first += data[: 80 - len(self._first)]
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raised = exc.__cause__ or exc.__context__  # a callback's own ProtocolError comes wrapped
+            self._fail(raised if isinstance(raised, ProtocolError) else self._malformed(exc))
 
     def eof_received(self) -> bool:
         self.ended = True
-        if self.waiter is not None and not self.waiter.done():
-            self._parse(eof=True)
+        self._at_end(None)
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ended = True
-        if self.waiter is not None and not self.waiter.done():
-            self._parse(eof=True, cause=exc)
+        self._at_end(exc)
+
+    # -- httptools' callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            raise ProtocolError(f"the bot's answer has no end of headers in its first {MAX_HEAD} bytes")
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1").strip()
+        # Set-Cookie values hold commas (Expires=Mon, 07 Dec ...): repeated ones are kept a line each.
+        joint = "\n" if key == "set-cookie" else ", "
+        self._headers[key] = f"{self._headers[key]}{joint}{text}" if key in self._headers else text
+
+    def on_headers_complete(self) -> None:
+        self._headed = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue and the like: the real response follows
+            self._start()
+            return
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._finish(status)
 
     # -- use
 
@@ -122,8 +165,7 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes) -> Response:
         assert self.transport is not None
-        self.buffer.clear()
-        self._head = None
+        self._start()
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return await self.waiter
@@ -133,112 +175,45 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    # -- parsing
+    # -- outcomes
 
-    def _parse(self, eof: bool, cause: BaseException | None = None) -> None:
-        assert self.waiter is not None
-        try:
-            response = self._response(eof)
-        except ProtocolError as exc:
-            self.reusable = False
-            self.waiter.set_exception(exc)
+    def _finish(self, status: int) -> None:
+        if self.waiter is None or self.waiter.done():
+            self.reusable = False  # a second response in the same bytes: nobody asked for it
             return
-        if response is not None:
-            self.waiter.set_result(response)
-        elif eof:
-            self.reusable = False
-            self.waiter.set_exception(_Closed(bool(self.buffer), cause))
-
-    def _response(self, eof: bool) -> Response | None:
-        """The whole response when it is here, else None (wait for more)."""
-        while self._head is None:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    raise ProtocolError(f"the bot's answer has no end of headers in its first {MAX_HEAD} bytes")
-                return None
-            head = _head(bytes(self.buffer[:end]))
-            if 100 <= head[0] < 200:  # 100 Continue and the like: the real response follows
-                del self.buffer[: end + 4]
-                continue
-            self._head = (*head, end + 4)
-        status, reason, headers, start = self._head
-        body = bytes(self.buffer[start:])  # a bot's answer is small: copies cost less than keeping track
-        if status in (204, 304):
-            content: bytes | None = b""
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            content = _dechunk(body)
-        elif "content-length" in headers:
-            length = _length(headers["content-length"])
-            content = body[:length] if len(body) >= length else None
-            if len(body) > length:
-                self.reusable = False  # bytes nobody asked for: the connection's state is unknown
-        else:
-            self.reusable = False  # the body ends when the connection does
-            content = body if eof else None
-        if content is None:
-            return None
-        if headers.get("connection", "").lower() == "close":
-            self.reusable = False
-        encoding = headers.get("content-encoding", "").lower()
+        content = b"".join(self._body)
+        encoding = self._headers.get("content-encoding", "").lower()
         if encoding in ("gzip", "deflate"):
             try:
                 content = zlib.decompress(content, 47 if encoding == "gzip" else 15)
             except zlib.error as exc:
-                raise ProtocolError(f"the bot's {encoding} answer does not decompress: {exc}") from None
-        return Response(status, reason, headers, content)
+                self._fail(ProtocolError(f"the bot's {encoding} answer does not decompress: {exc}"))
+                return
+        self.waiter.set_result(Response(status, self._reason.decode("latin-1"), self._headers, content))
 
+    def _at_end(self, cause: BaseException | None) -> None:
+        """The connection ended: a body that runs to the close is whole now; anything else was cut short."""
+        if self.waiter is None or self.waiter.done():
+            return
+        self.reusable = False
+        delimited = "content-length" in self._headers or "chunked" in self._headers.get("transfer-encoding", "").lower()
+        if self._headed and not delimited:
+            self._finish(self._parser.get_status_code())
+        else:
+            self.waiter.set_exception(_Closed(bool(self._first), cause))
 
-def _head(head: bytes) -> tuple[int, str, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not (code.isdigit() and len(code) == 3):
-        raise ProtocolError(f"the bot's answer is not HTTP: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise ProtocolError(f"malformed header line in the bot's answer: {line[:80]!r}")
-        name = name.strip().lower()
-        # Set-Cookie values hold commas (Expires=Mon, 07 Dec ...): repeated ones are kept a line each.
-        joint = "\n" if name == "set-cookie" else ", "
-        headers[name] = f"{headers[name]}{joint}{value.strip()}" if name in headers else value.strip()
-    if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
-        headers["connection"] = "close"
-    return int(code), reason, headers
+    def _fail(self, error: ProtocolError) -> None:
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(error)
 
-
-def _length(value: str) -> int:
-    if not value.strip().isdigit():
-        raise ProtocolError(f"the bot's answer has a bad Content-Length: {value[:40]!r}")
-    return int(value)
-
-
-def _dechunk(body: bytes) -> bytes | None:
-    """A whole chunked body, or None when it has not all come yet."""
-    out = bytearray()
-    at = 0
-    while True:
-        end = body.find(b"\r\n", at)
-        if end < 0:
-            if len(body) - at > 1024:
-                raise ProtocolError("the bot's chunked answer has a chunk size line that does not end")
-            return None
-        size_text = body[at:end].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProtocolError(f"the bot's chunked answer has a bad chunk size: {size_text[:20]!r}") from None
-        at = end + 2
-        if size == 0:
-            # Trailers, if any, end with an empty line.
-            rest = body[at:]
-            return bytes(out) if rest.startswith(b"\r\n") or b"\r\n\r\n" in rest else None
-        if len(body) < at + size + 2:
-            return None
-        out += body[at : at + size]
-        at += size + 2
+    def _malformed(self, exc: httptools.HttpParserError) -> ProtocolError:
+        """llhttp's reason, with the answer's first line when it never looked like HTTP."""
+        reason = str(exc) or type(exc).__name__
+        if not self._headed and not self._first.startswith(b"HTTP/"):
+            first = self._first.split(b"\r\n", 1)[0].decode("latin-1")
+            return ProtocolError(f"the bot's answer is not HTTP: {first!r}")
+        return ProtocolError(f"the bot's answer is malformed HTTP ({reason})")
 
 
 class Pool:
