@@ -26,7 +26,7 @@ from typing import Any
 from cxtest import logs
 from cxtest.errors import CxtestError
 from cxtest.stress.stats import Metrics
-from cxtest.stress.worker import Delta, StressWorker, WorkerConfig
+from cxtest.stress.worker import Delta, StressWorker, WorkerConfig, settle_garbage_collector
 
 WAIT_S = 0.5  # collect() waits at most this long for the actors' answers: the coordinator ticks every second
 START_LIMIT_S = 120.0  # an actor not running by then was not placed (the cluster is short of CPUs) or failed to start
@@ -57,6 +57,7 @@ class StressActor:
         except Exception as exc:  # noqa: BLE001 - told as text: not every exception survives pickling (ScenarioError)
             nothing = Delta(self.config.index, 0.0, 0, 0, Metrics().encode(), done=True)
             return nothing, f"{type(exc).__name__}: {exc}"
+        settle_garbage_collector()  # an actor is a process of its own, as a local worker is
         self.running = asyncio.ensure_future(self.worker.run())
         return await self.take()
 
