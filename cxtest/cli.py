@@ -488,7 +488,7 @@ def _stress_summary(outcome: Any, json_stream: bool) -> None:
     if json_stream:
         summary = {
             "stress_id": outcome.job.stress_id, "exit_code": outcome.exit_code, "interrupted": outcome.interrupted,
-            "aborted": outcome.aborted, "errors": outcome.errors, "runs": dict(totals.runs),
+            "aborted": outcome.aborted, "errors": outcome.errors, "runs": dict(totals.runs), "workers": outcome.workers,
             "thresholds": [{"threshold": v.threshold.text, "seen": v.seen, "ok": v.ok, "text": v.text} for v in outcome.verdicts],
         }
         sys.stdout.write(json.dumps({"summary": summary}) + "\n")

@@ -150,3 +150,41 @@ def test_status_lists_a_stress_runs_failures_with_their_evidence(tmp_path: Path,
     assert listed.returncode == 0, listed.stdout + listed.stderr
     rows = [line for line in listed.stdout.splitlines() if line.lstrip().startswith("failed")]
     assert len(rows) == 3 and all("status (404)" in row for row in rows)
+
+
+def test_a_busy_worker_is_joined_by_the_next_and_no_iteration_is_lost_or_doubled(tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default workers one takes the plan; when it is busy (here: at once) a second joins, and together they start exactly the plan's iterations."""
+    from cxtest.stress import Scaling, StressJob, run_stress
+    from cxtest.stress.plan import StressPlan
+
+    monkeypatch.setattr(Scaling, "SCALE_OUT_AT", 0.0)  # any CPU at all counts as busy
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    scenario = project(tmp_path, sandbox.url)
+    plan = StressPlan(rate=40, duration="5s", max_users=50)
+    job = StressJob(scenario_file=str(scenario), scenario_id="status", plan=plan, project_file=str(tmp_path / "cxtest.yaml"),
+                    store_url=f"sqlite:///{tmp_path / 'results.db'}", artifacts_root=str(tmp_path / "artifacts"))
+    outcome = run_stress(job)
+    assert (outcome.workers, outcome.errors, outcome.exit_code) == (2, [], 0)
+    started = sum(s.started for s in outcome.snapshots)
+    assert 198 <= started <= plan.started_by(plan.length) == 200  # the grid's last tick may fall just short of 5 s
+    assert outcome.finished_runs == started
+    with Store(job.store_url) as store:
+        assert len(store.results(run_id=job.stress_id)) == started
+
+
+def test_scaling_takes_on_one_worker_at_a_time_on_cpu_alone() -> None:
+    """A worker at work above half a core brings in the next, at most one every 2 s; loading before the shape, idle ones and the last one do not."""
+    from cxtest.stress import Scaling
+    from cxtest.stress.worker import Delta
+
+    def second(t: float, *cpu: float) -> list[Delta]:
+        return [Delta(worker=i, t=t, users=0, started=0, metrics=b"", cpu=c) for i, c in enumerate(cpu)]
+
+    scaling = Scaling(3)
+    assert not scaling.busy(second(-1.0, 0.0, 0.0, 0.0), at=100.0)
+    assert not scaling.busy(second(0.0, 1.9, 1.9, 1.9), at=101.0)  # loading the scenario, before the shape
+    assert not scaling.busy(second(1.0, 0.3, 0.9, 0.9), at=102.0)  # only worker 0 is at work, and it is not busy
+    assert scaling.busy(second(2.0, 0.6, 0.0, 0.0), at=103.0) and scaling.active == 2
+    assert not scaling.busy(second(3.0, 0.9, 0.9, 0.0), at=104.0)  # too soon after the last one joined
+    assert scaling.busy(second(4.0, 0.2, 0.7, 0.0), at=105.0) and scaling.active == 3
+    assert not scaling.busy(second(6.0, 0.9, 0.9, 0.9), at=108.0)  # none left to take on

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cxtest.stress.plan import StressPlan
+from cxtest.stress.plan import Share, StressPlan
 
 
 def test_constant_users_hold_for_the_duration_then_stop() -> None:
@@ -41,6 +41,24 @@ def test_shares_add_up_to_the_plan_at_every_moment(workers: int) -> None:
         assert sum(users.share(i, workers).users_at(t) for i in range(workers)) == int(users.users_at(t) + 1e-9)
         assert sum(rate.share(i, workers).started_by(t) for i in range(workers)) == int(rate.started_by(t) + 1e-9)
     assert sum(rate.share(i, workers).max_users for i in range(workers)) >= 9
+
+
+def test_workers_taken_on_midway_still_add_up_to_the_plan() -> None:
+    """One worker of three takes everything, then two from iteration 40 / 4 s, then three: no iteration or user lost or doubled."""
+    users = StressPlan(stages=[{"target": 37, "duration": "10s"}, {"target": 5, "duration": "10s"}])
+    rate = StressPlan(rate=13.5, duration="20s", max_users=9)
+    shares = {plan: [Share(plan, i, 3, active=1) for i in range(3)] for plan in (users, rate)}
+    for plan_shares in shares.values():
+        for share in plan_shares:
+            share.activate(2, from_iteration=40, from_t=4.0)
+            share.activate(3, from_iteration=150, from_t=11.0)
+    for t in (0.3, 2.9, 4.2, 9.99, 11.5, 19.9):
+        assert sum(s.users_at(t) for s in shares[users]) == int(users.users_at(t) + 1e-9), t
+        assert sum(s.started_by(t) for s in shares[rate]) == int(rate.started_by(t) + 1e-9), t
+    assert [s.users_at(2.9) for s in shares[users]] == [int(users.users_at(2.9) + 1e-9), 0, 0]
+    assert [s.started_by(20) for s in shares[rate]] == [
+        40 + 55 + 40, 55 + 40, 40,  # all of the first 40; every other of the next 110; every third of the last 120
+    ]
 
 
 def test_max_duration_cuts_the_shape() -> None:

@@ -110,9 +110,9 @@ def stress_on_ray(folder: Path, scenario: Path, head: str, *options: str, env: d
 
 
 def test_two_actors_merge_into_one_verdict(tmp_path: Path, ray_head: str, sandbox: Sandbox) -> None:
-    """--ray on a two-CPU head runs two actors (the default count); their iterations add up to the summary's, thresholds hold, exit 0."""
+    """--ray --workers 2 on a two-CPU head puts two actors to work; their iterations add up to the summary's, thresholds hold, exit 0."""
     scenario = project(tmp_path, sandbox.url)
-    code, stream = stress_on_ray(tmp_path, scenario, ray_head, "--users", "4", "--duration", "3s",
+    code, stream = stress_on_ray(tmp_path, scenario, ray_head, "--users", "4", "--duration", "3s", "--workers", "2",
                                  "--threshold", "rate(failed) < 1%", "--threshold", "p95(step:slow.latency) < 2s")
     summary = stream[-1]["summary"]
     assert code == 0, f"expected exit 0, saw {code}: {summary}"

@@ -12,6 +12,7 @@ Ctrl-C stops the workers cleanly; what finished is still reported.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
@@ -24,12 +25,13 @@ from typing import Any
 from cxtest.stress.plan import StressPlan
 from cxtest.stress.stats import Metrics
 from cxtest.stress.thresholds import Verdict, clearly_lost, judge, parse_threshold
-from cxtest.stress.worker import LocalWorkers, WorkerConfig, step_kinds
+from cxtest.stress.worker import Delta, LocalWorkers, WorkerConfig, step_kinds
 
 __all__ = ["Snapshot", "StressJob", "StressOutcome", "StressPlan", "new_stress_id", "run_stress", "step_kinds"]
 
 START_SPARE_S = 3.0  # workers load the scenario and its probes before the shared start time
 COLLECT_S = 1.0
+SWITCH_AHEAD_S = 1.5  # a new worker takes its share from this far ahead: the workers read their pipe once a second
 ABORT_AFTER_RUNS = 100  # a threshold is judged "clearly lost" only on this many finished iterations
 
 
@@ -48,7 +50,7 @@ class StressJob:
     stress_id: str = field(default_factory=new_stress_id)
     store_url: str | None = None
     artifacts_root: str = "artifacts"
-    workers: int = 0  # 0: one per core
+    workers: int = 0  # 0: one per core, taken on as the ones at work get busy (see Scaling); N: N, all at work
     ray_address: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +93,7 @@ class StressOutcome:
     interrupted: bool = False
     aborted: str | None = None  # the threshold that was clearly lost
     errors: list[str] = field(default_factory=list)
+    workers: int = 0  # the workers that took part, at the end
 
     @property
     def finished_runs(self) -> int:
@@ -130,12 +133,14 @@ def run_stress(
     plan = job.plan
     thresholds = [parse_threshold(text) for text in plan.thresholds]
     count = job.workers or (_cluster_cpus(job.ray_address) if job.ray_address else os.cpu_count() or 1)
+    scaling = Scaling(count) if not job.workers else None
     starts = now() + START_SPARE_S
     configs = [
         WorkerConfig(
             scenario_file=job.scenario_file, scenario_id=job.scenario_id, project_file=job.project_file,
             plan=plan.model_dump(), index=i, workers=count, stress_id=job.stress_id, store_url=job.store_url,
             artifacts_root=job.artifacts_root, started_at=starts, environment=job.environment,
+            active=scaling.active if scaling else 0,
         )
         for i in range(count)
     ]
@@ -169,6 +174,9 @@ def run_stress(
                 metrics = Metrics.decode(delta.metrics)
                 runs.update(metrics.runs)
                 totals.merge(metrics)  # its histograms are added in when the totals are next read
+            switch = now() - starts + SWITCH_AHEAD_S
+            if scaling is not None and not stopping and switch < plan.length and scaling.busy(deltas, now()):
+                hosts.activate(scaling.active, math.floor(plan.started_by(switch) + 1e-9), switch)
             parts = tuple(d.metrics for d in deltas)
             snapshot = Snapshot(now() - starts, sum(users.values()), sum(d.started for d in deltas), dict(runs), parts)
             snapshots.append(snapshot)
@@ -192,7 +200,43 @@ def run_stress(
     return StressOutcome(
         job=job, started_at=started_at, totals=totals, snapshots=snapshots, verdicts=judge(thresholds, totals),
         duration=max(0.0, now() - starts), interrupted=interrupted, aborted=aborted, errors=errors,
+        workers=scaling.active if scaling else count,
     )
+
+
+class Scaling:
+    """How many of the workers take part: one at first, one more whenever one at work is busy.
+
+    A worker's event loop serves more iterations per CPU second the more it has to do at
+    once (at 100 chat conversations a second, one worker used 12% of a core where two used
+    17% together: each woke for every answer, with caches gone cold in between). So the
+    first worker takes the whole plan until it uses more than SCALE_OUT_AT of a core in a
+    second, which still leaves its loop the headroom to time answers fairly; then the next
+    one joins, and so on, never more than one every SCALE_EVERY_S.
+    """
+
+    SCALE_OUT_AT = 0.5  # share of a core a worker at work may use before the next joins
+    SCALE_EVERY_S = 2.0
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.active = 1
+        self._since = -math.inf  # when the last one joined
+        self._last: dict[int, float] = {}  # worker -> t of its last delta
+
+    def busy(self, deltas: list[Delta], at: float) -> bool:
+        """Whether another worker joins now (then `active` says how many take part)."""
+        shares = []
+        for delta in deltas:
+            last, self._last[delta.worker] = self._last.get(delta.worker), delta.t
+            # Before the shape starts a worker is loading the scenario: that CPU says nothing of the load.
+            if last is not None and last >= 0 and delta.t > last and delta.worker < self.active:
+                shares.append(delta.cpu / (delta.t - last))
+        if self.active >= self.workers or at - self._since < self.SCALE_EVERY_S or not shares or max(shares) <= self.SCALE_OUT_AT:
+            return False
+        self.active += 1
+        self._since = at
+        return True
 
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")

@@ -74,6 +74,10 @@ class StressActor:
         if self.worker is not None:
             self.worker.stop()
 
+    async def activate(self, active: int, from_iteration: int, from_t: float) -> None:
+        if self.worker is not None:
+            self.worker.activate(active, from_iteration, from_t)
+
     async def finish(self, timeout: float) -> bool:
         """Stop and wait (bounded) until the worker has drained and saved its results; True if it did."""
         if self.worker is None or self.running is None:
@@ -232,6 +236,12 @@ class RayWorkers:
         for index, actor in enumerate(self.actors):
             if not self.done[index]:
                 actor.stop.remote()
+
+    def activate(self, active: int, from_iteration: int, from_t: float) -> None:
+        """Tell every running actor how many take part from then on (fire and forget, like stop)."""
+        for index, actor in enumerate(self.actors):
+            if not self.done[index]:
+                actor.activate.remote(active, from_iteration, from_t)
 
     def close(self, timeout: float = CLOSE_S) -> None:
         """Let unfinished actors drain (bounded), end every actor, and leave the cluster running."""

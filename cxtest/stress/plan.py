@@ -122,22 +122,54 @@ class StressPlan(StressSettings):
 
 
 class Share:
-    """One worker's part of a plan: its users (an even split, the first workers taking the remainder) or its rate."""
+    """One worker's part of a plan: its users (an even split, the first workers taking the remainder) or its rate
+    (every n-th iteration of the plan's grid, n the workers taking part).
 
-    def __init__(self, plan: StressPlan, index: int, workers: int):
+    Not every worker need take part from the start: `active` of them do, and activate() lets
+    more in from an iteration (arrival rate) or a moment (users) on. A busy event loop serves
+    more iterations per CPU second than two idle ones (bench/stress_chat.py), so the coordinator
+    adds workers as the ones taking part get busy.
+    """
+
+    def __init__(self, plan: StressPlan, index: int, workers: int, active: int | None = None):
         self.plan, self.index, self.workers = plan, index, workers
+        # (from iteration, from moment, workers taking part), in the order they were decided
+        self.steps: list[tuple[int, float, int]] = [(0, 0.0, min(workers, active or workers))]
 
-    def _part(self, total: float) -> int:
+    def activate(self, active: int, from_iteration: int, from_t: float) -> None:
+        """From the plan's iteration `from_iteration` (arrival rate) or from `from_t` (users) on, `active` workers take part."""
+        self.steps.append((from_iteration, from_t, min(self.workers, active)))
+
+    @property
+    def active(self) -> int:
+        """Workers taking part, as last decided."""
+        return self.steps[-1][2]
+
+    def _part(self, total: float, active: int) -> int:
+        if self.index >= active:
+            return 0
         whole = math.floor(total + 1e-9)
-        return whole // self.workers + (1 if self.index < whole % self.workers else 0)
+        return whole // active + (1 if self.index < whole % active else 0)
 
     def users_at(self, t: float) -> int:
-        return self._part(self.plan.users_at(t))
+        active = next((n for _, since, n in reversed(self.steps[1:]) if since <= t), self.steps[0][2])
+        return self._part(self.plan.users_at(t), active)
 
     def started_by(self, t: float) -> int:
-        """Iterations this worker should have started by t: every `workers`-th of the plan's."""
-        return self._part(self.plan.started_by(t))
+        """Iterations this worker should have started by t: of the plan's k-th iteration, those with k % active == index."""
+        total = math.floor(self.plan.started_by(t) + 1e-9)
+        mine = 0
+        for step, (first, _, active) in enumerate(self.steps):
+            end = min(total, self.steps[step + 1][0] if step + 1 < len(self.steps) else total)
+            if end > first and self.index < active:
+                mine += _owned_below(end, self.index, active) - _owned_below(first, self.index, active)
+        return mine
 
     @property
     def max_users(self) -> int:
-        return max(1, self._part(self.plan.peak_users))
+        return max(1, self._part(self.plan.peak_users, self.active))
+
+
+def _owned_below(end: int, index: int, active: int) -> int:
+    """How many k in [0, end) have k % active == index."""
+    return max(0, (end - index + active - 1) // active)

@@ -45,12 +45,13 @@ class WorkerConfig:
     store_url: str | None
     artifacts_root: str
     started_at: float = 0.0  # time.time() the shape starts at, shared by every worker
+    active: int = 0  # workers taking part from the start (the first ones); 0: all of them
     environment: dict[str, str] = field(default_factory=dict)  # ${env:...} values the scenario needs
 
 
 @dataclass(frozen=True)
 class Delta:
-    """One worker's last interval: when (seconds into the shape), users running, iterations started, what finished."""
+    """One worker's last interval: when (seconds into the shape), users running, iterations started, what finished, CPU used."""
 
     worker: int
     t: float
@@ -58,6 +59,7 @@ class Delta:
     started: int
     metrics: bytes
     done: bool = False
+    cpu: float = 0.0  # CPU seconds the worker's process used in the interval
 
 
 def step_kinds(scenario: Scenario) -> list[str]:
@@ -82,7 +84,7 @@ class StressWorker:
     def __init__(self, config: WorkerConfig):
         self.config = config
         self.plan = StressPlan.model_validate(config.plan)
-        self.share = Share(self.plan, config.index, config.workers)
+        self.share = Share(self.plan, config.index, config.workers, config.active or None)
         project, scenario = load_one(config)
         self.project = project
         self.scenario = scenario.model_copy(update={"tags": (*scenario.tags, f"stress:{config.stress_id}")})
@@ -93,6 +95,7 @@ class StressWorker:
         self.stopping = asyncio.Event()
         self.finished = asyncio.Event()
         self._count = 0
+        self._cpu = time.process_time()
 
     async def run(self) -> None:
         from cxtest.runner import BatchWriter, EvidenceSampler, Runner
@@ -122,11 +125,16 @@ class StressWorker:
         """Start no more iterations; those running finish (bounded by the plan's graceful stop)."""
         self.stopping.set()
 
+    def activate(self, active: int, from_iteration: int, from_t: float) -> None:
+        """From that iteration of the plan (arrival rate) or that moment (users) on, `active` workers share it."""
+        self.share.activate(active, from_iteration, from_t)
+
     def take(self) -> Delta:
         """What happened since the last take."""
         metrics, self.metrics = self.metrics, Metrics(step_kinds=self.metrics.step_kinds)
         started, self.started_since = self.started_since, 0
-        return Delta(self.config.index, self.elapsed(), len(self.users), started, metrics.encode(), self.finished.is_set())
+        cpu, self._cpu = time.process_time() - self._cpu, time.process_time()
+        return Delta(self.config.index, self.elapsed(), len(self.users), started, metrics.encode(), self.finished.is_set(), cpu)
 
     def elapsed(self) -> float:
         return time.time() - self.config.started_at
@@ -212,8 +220,12 @@ def _child(config: WorkerConfig, conn: Any) -> None:
         running = asyncio.ensure_future(worker.run())
         while not running.done():
             await asyncio.sleep(1.0)
-            if conn.poll(0) and conn.recv() == "stop":  # poll(0) returns at once
-                worker.stop()
+            while conn.poll(0):  # poll(0) returns at once
+                message = conn.recv()
+                if message == "stop":
+                    worker.stop()
+                elif message[0] == "active":
+                    worker.activate(*message[1:])
             conn.send(worker.take())
         running.result()
         conn.send(worker.take())
@@ -297,10 +309,16 @@ class LocalWorkers:
         return all(self.done)
 
     def stop(self) -> None:
+        self._tell("stop")
+
+    def activate(self, active: int, from_iteration: int, from_t: float) -> None:
+        self._tell(("active", active, from_iteration, from_t))
+
+    def _tell(self, message: Any) -> None:
         for index, pipe in enumerate(self.pipes):
             if not self.done[index]:
                 try:
-                    pipe.send("stop")
+                    pipe.send(message)
                 except (BrokenPipeError, OSError):
                     self.done[index] = True
 
