@@ -240,7 +240,12 @@ def _driver_insert(table: Table, dialect: Any) -> tuple[str, list[str], list[Cal
     compiled = insert(table).compile(dialect=dialect, column_keys=[column.name for column in columns])
     keys = list(compiled.positiontup or ())
     by_name = {column.name: column for column in columns}
-    return str(compiled), keys, [by_name[key].type.dialect_impl(dialect).bind_processor(dialect) for key in keys]
+    # A JSON column's processor is the serialiser behind a check for SQLAlchemy's NULL markers, which
+    # rows built by save() never hold (None is JSON null in every JSON column here, as it is there).
+    return str(compiled), keys, [
+        _json_text if isinstance(by_name[key].type, JSON) else by_name[key].type.dialect_impl(dialect).bind_processor(dialect)
+        for key in keys
+    ]
 
 
 def _check_from(row: Mapping[str, Any]) -> CheckResult:
