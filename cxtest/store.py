@@ -364,74 +364,73 @@ class Store:
         """Write the batch in one transaction; every result is committed when this returns."""
         if not results:
             return
-        result_rows = [
-            {
-                "run_id": r.run_id,
-                "scenario_id": r.scenario_id,
-                "scenario_name": r.scenario_name,
-                "channel": r.channel,
-                "file": r.file,
-                "outcome": _outcome(r.outcome),
-                "started_at": r.started_at,
-                "duration": r.duration,
-                "message": r.message,
-                "attempts": r.attempts,
-                "flaky": r.flaky,
-                "tags": list(r.tags),
-                "location": r.location,
-                "measures": _measures_in(r.measures),
-                "checks": [_check_dict(c) for c in r.checks],
-                "artifacts": [{"label": a.label, "path": a.path, "kind": a.kind} for a in r.artifacts],
-            }
-            for r in results
-        ]
+        # Column by column: a stress exercise saves 20 rows a result, and a dict per row was
+        # a good part of what saving cost.
+        result_columns = {
+            "run_id": [r.run_id for r in results],
+            "scenario_id": [r.scenario_id for r in results],
+            "scenario_name": [r.scenario_name for r in results],
+            "channel": [r.channel for r in results],
+            "file": [r.file for r in results],
+            "outcome": [_outcome(r.outcome) for r in results],
+            "started_at": [r.started_at for r in results],
+            "duration": [r.duration for r in results],
+            "message": [r.message for r in results],
+            "attempts": [r.attempts for r in results],
+            "flaky": [r.flaky for r in results],
+            "tags": [list(r.tags) for r in results],
+            "location": [r.location for r in results],
+            "measures": [_measures_in(r.measures) for r in results],
+            "checks": [[_check_dict(c) for c in r.checks] for r in results],
+            "artifacts": [[{"label": a.label, "path": a.path, "kind": a.kind} for a in r.artifacts] for r in results],
+        }
         with self._errors("cannot save results to"), self.engine.begin() as conn:
-            result_ids = self._insert(conn, results_table, result_rows)
-            step_rows = []
-            step_checks: list[tuple[CheckResult, ...]] = []
-            for result_id, r in zip(result_ids, results):
-                for s in r.steps:
-                    step_rows.append(
-                        {
-                            "result_id": result_id,
-                            "index": s.index,
-                            "name": s.name,
-                            "outcome": _outcome(s.outcome),
-                            "started": s.started,
-                            "duration": s.duration,
-                            "message": s.message,
-                            "measures": _measures_in(s.measures),
-                            "evidence": _jsonable(dict(s.evidence or {})),
-                        }
-                    )
-                    step_checks.append(s.checks)
-            if not step_rows:
+            result_ids = self._insert(conn, results_table, result_columns)
+            steps = [(result_id, step) for result_id, r in zip(result_ids, results) for step in r.steps]
+            if not steps:
                 return
-            step_ids = self._insert(conn, steps_table, step_rows)
-            check_rows = [
-                {"step_id": step_id, **_check_dict(c)}
-                for step_id, checks in zip(step_ids, step_checks)
-                for c in checks
-            ]
-            if check_rows:
-                self._insert(conn, checks_table, check_rows, ids=False)
+            step_columns = {
+                "result_id": [result_id for result_id, _ in steps],
+                "index": [step.index for _, step in steps],
+                "name": [step.name for _, step in steps],
+                "outcome": [_outcome(step.outcome) for _, step in steps],
+                "started": [step.started for _, step in steps],
+                "duration": [step.duration for _, step in steps],
+                "message": [step.message for _, step in steps],
+                "measures": [_measures_in(step.measures) for _, step in steps],
+                "evidence": [_jsonable(dict(step.evidence or {})) for _, step in steps],
+            }
+            step_ids = self._insert(conn, steps_table, step_columns)
+            checks = [(step_id, check) for step_id, (_, step) in zip(step_ids, steps) for check in step.checks]
+            if checks:
+                check_columns = {
+                    "step_id": [step_id for step_id, _ in checks],
+                    "name": [check.name for _, check in checks],
+                    "outcome": [_outcome(check.outcome) for _, check in checks],
+                    "expected": [_jsonable(check.expected) for _, check in checks],
+                    "actual": [_jsonable(check.actual) for _, check in checks],
+                    "text": [check.text for _, check in checks],
+                }
+                self._insert(conn, checks_table, check_columns, ids=False)
 
-    def _insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]], ids: bool = True) -> list[int]:
-        """Insert rows and return their ids in row order, so child rows can point at them (none when not `ids`)."""
-        if not ids and self.dialect == "postgresql":
-            conn.execute(insert(table), rows)
-            return []
+    def _insert(self, conn: Connection, table: Table, columns: dict[str, list[Any]], ids: bool = True) -> list[int]:
+        """Insert rows given column by column; their ids in row order, so child rows can point at them (none when not `ids`)."""
+        count = len(next(iter(columns.values())))
         if self.dialect == "postgresql":
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            if not ids:
+                conn.execute(insert(table), rows)
+                return []
             # Reserving the ids first keeps this a pipelined executemany: INSERT ... RETURNING
             # over many rows is several times slower with psycopg.
-            ids = conn.execute(
+            reserved = conn.execute(
                 text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"),
-                {"table": table.name, "n": len(rows)},
+                {"table": table.name, "n": count},
             ).scalars().all()
-            for row, row_id in zip(rows, ids):
+            for row, row_id in zip(rows, reserved):
                 row["id"] = row_id
             conn.execute(insert(table), rows)
-            return list(ids)
+            return list(reserved)
         # SQLite: one executemany, then the ids from the last one. The transaction holds the
         # database's only write lock from its first INSERT, and a row inserted without an id
         # gets max(rowid) + 1 (https://sqlite.org/autoinc.html), so the batch's ids are the n
@@ -439,13 +438,12 @@ class Store:
         statement, keys, processors = _driver_insert(table, conn.dialect)
         # The columns' own bind processors, applied here: SQLAlchemy's per-row parameter
         # handling in execute() was half of a stress exercise's saving (20 rows a result).
-        columns = [[row[key] for row in rows] for key in keys]
-        columns = [list(map(process, values)) if process else values for values, process in zip(columns, processors)]
-        conn.exec_driver_sql(statement, list(zip(*columns)))
+        values = [list(map(process, columns[key])) if process else columns[key] for key, process in zip(keys, processors)]
+        conn.exec_driver_sql(statement, list(zip(*values)))
         if not ids:
             return []
         last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
-        return list(range(last - len(rows) + 1, last + 1))
+        return list(range(last - count + 1, last + 1))
 
     # ------------------------------------------------------------------ reading
 
