@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -248,6 +249,11 @@ def _driver_insert(table: Table, dialect: Any) -> tuple[str, list[str], list[Cal
     ]
 
 
+def _attributes(items: Sequence[Any], *names: str) -> dict[str, list[Any]]:
+    """Columns of plain attributes: name -> every item's value."""
+    return {name: list(map(operator.attrgetter(name), items)) for name in names}
+
+
 def _check_from(row: Mapping[str, Any]) -> CheckResult:
     return CheckResult(
         name=row["name"],
@@ -367,17 +373,9 @@ class Store:
         # Column by column: a stress exercise saves 20 rows a result, and a dict per row was
         # a good part of what saving cost.
         result_columns = {
-            "run_id": [r.run_id for r in results],
-            "scenario_id": [r.scenario_id for r in results],
-            "scenario_name": [r.scenario_name for r in results],
-            "channel": [r.channel for r in results],
-            "file": [r.file for r in results],
+            **_attributes(results, "run_id", "scenario_id", "scenario_name", "channel", "file"),
             "outcome": [_outcome(r.outcome) for r in results],
-            "started_at": [r.started_at for r in results],
-            "duration": [r.duration for r in results],
-            "message": [r.message for r in results],
-            "attempts": [r.attempts for r in results],
-            "flaky": [r.flaky for r in results],
+            **_attributes(results, "started_at", "duration", "message", "attempts", "flaky"),
             "tags": [list(r.tags) for r in results],
             "location": [r.location for r in results],
             "measures": [_measures_in(r.measures) for r in results],
@@ -389,16 +387,14 @@ class Store:
             steps = [(result_id, step) for result_id, r in zip(result_ids, results) for step in r.steps]
             if not steps:
                 return
+            only_steps = [step for _, step in steps]
             step_columns = {
                 "result_id": [result_id for result_id, _ in steps],
-                "index": [step.index for _, step in steps],
-                "name": [step.name for _, step in steps],
-                "outcome": [_outcome(step.outcome) for _, step in steps],
-                "started": [step.started for _, step in steps],
-                "duration": [step.duration for _, step in steps],
-                "message": [step.message for _, step in steps],
-                "measures": [_measures_in(step.measures) for _, step in steps],
-                "evidence": [_jsonable(dict(step.evidence or {})) for _, step in steps],
+                **_attributes(only_steps, "index", "name"),
+                "outcome": [_outcome(step.outcome) for step in only_steps],
+                **_attributes(only_steps, "started", "duration", "message"),
+                "measures": [_measures_in(step.measures) for step in only_steps],
+                "evidence": [_jsonable(dict(step.evidence or {})) for step in only_steps],
             }
             step_ids = self._insert(conn, steps_table, step_columns)
             checks = [(step_id, check) for step_id, (_, step) in zip(step_ids, steps) for check in step.checks]
