@@ -9,13 +9,10 @@ docstring). Hence slow, with a timeout for the worst case of those re-runs.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "ivr_concurrency.py"
+from bench_smoke import quick_run
 
 
 @pytest.mark.slow
@@ -25,14 +22,13 @@ def test_ivr_concurrency_quick_prints_the_reference_the_table_and_the_verdict() 
 
     The verdict itself (exit 0 or 1) depends on how busy the machine is; exit 2 means no single call passed.
     """
-    done = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent.parent)
-    output = done.stdout + done.stderr
-    assert done.returncode in (0, 1), output
-    assert re.search(r"^  hear 'Welcome to Acme Bank'\s+\d+\.\d{3}\s", done.stdout, re.MULTILINE), output
-    assert "late ms" in done.stdout and "STT ms" in done.stdout, output
-    rows = re.findall(r"^\s*(\d+)\s+(\d+)/(\d+)\s", done.stdout, re.MULTILINE)  # N, runs passed / runs
-    assert rows and rows[0][0] == "1", output
-    assert all(passed == runs for _, passed, runs in rows), output
+    run = quick_run("ivr_concurrency.py", timeout=300)
+    assert run.code in (0, 1), run.output
+    assert re.search(r"^  hear 'Welcome to Acme Bank'\s+\d+\.\d{3}\s", run.stdout, re.MULTILINE), run.output
+    assert "late ms" in run.stdout and "STT ms" in run.stdout, run.output
+    rows = re.findall(r"^\s*(\d+)\s+(\d+)/(\d+)\s", run.stdout, re.MULTILINE)  # N, runs passed / runs
+    assert rows and rows[0][0] == "1", run.output
+    assert all(passed == runs for _, passed, runs in rows), run.output
     assert re.search(
-        r"^sustained: [0-2] concurrent IVR scenarios \(step timings within 100 ms of a single call\)$", done.stdout, re.MULTILINE
-    ), output
+        r"^sustained: [0-2] concurrent IVR scenarios \(step timings within 100 ms of a single call\)$", run.stdout, re.MULTILINE
+    ), run.output

@@ -7,13 +7,11 @@ Locust at the same rate, against the sandbox bot in its own process: about 30 s 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "stress_chat.py"
+from bench_smoke import quick_run
+
 RATE = 20.0  # --quick's conversations a second
 SIDES = ("cxtest", "cxtest+store", "locust")
 
@@ -35,18 +33,17 @@ def number(cell: str) -> float:
 @pytest.mark.timeout(240)
 def test_stress_chat_quick_runs_every_side_with_sane_figures() -> None:
     """The quick benchmark exits 0; each side finished conversations at about the rate, all passed, on measured CPU."""
-    done = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=220, cwd=BENCH.parent.parent)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    table = rows(done.stdout)
-    assert sorted(table) == sorted(SIDES), f"expected rows for {SIDES}, got {sorted(table)}\n{output}"
+    run = quick_run("stress_chat.py", timeout=220)
+    assert run.code == 0, run.output
+    table = rows(run.stdout)
+    assert sorted(table) == sorted(SIDES), f"expected rows for {SIDES}, got {sorted(table)}\n{run.output}"
     for side, cells in table.items():
         conversations, failed, window, per_second, cpu, _, per_core, p95 = (number(c) for c in cells[1:9])
-        assert conversations > 0 and failed == 0, f"{side}: {cells}\n{output}"
-        assert RATE / 4 <= per_second <= RATE * 3, f"{side}: {per_second} conversations/s at a rate of {RATE:g}\n{output}"
-        assert cpu > 0 and per_core > 0 and window > 0, f"{side}: {cells}\n{output}"
-        assert 0 < p95 < 2000, f"{side}: p95 {p95} ms\n{output}"
-    stored = re.search(r"^cxtest\+store: ([\d,]+) conversations in the run, 0 failed; ([\d,]+) results stored$", done.stdout, re.MULTILINE)
-    assert stored and stored.group(1) == stored.group(2), output
-    assert re.search(r"^ratio cxtest/locust per core: \d+\.\d+x without a store, \d+\.\d+x with the SQLite store$", done.stdout, re.MULTILINE), output
-    assert re.search(r"^(PASS|FAIL): cxtest with its store [\d,]+ conversations per CPU second, locust [\d,]+ ", done.stdout, re.MULTILINE), output
+        assert conversations > 0 and failed == 0, f"{side}: {cells}\n{run.output}"
+        assert RATE / 4 <= per_second <= RATE * 3, f"{side}: {per_second} conversations/s at a rate of {RATE:g}\n{run.output}"
+        assert cpu > 0 and per_core > 0 and window > 0, f"{side}: {cells}\n{run.output}"
+        assert 0 < p95 < 2000, f"{side}: p95 {p95} ms\n{run.output}"
+    stored = re.search(r"^cxtest\+store: ([\d,]+) conversations in the run, 0 failed; ([\d,]+) results stored$", run.stdout, re.MULTILINE)
+    assert stored and stored.group(1) == stored.group(2), run.output
+    assert re.search(r"^ratio cxtest/locust per core: \d+\.\d+x without a store, \d+\.\d+x with the SQLite store$", run.stdout, re.MULTILINE), run.output
+    assert re.search(r"^(PASS|FAIL): cxtest with its store [\d,]+ conversations per CPU second, locust [\d,]+ ", run.stdout, re.MULTILINE), run.output
