@@ -71,7 +71,6 @@ import resource
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +83,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the SIPp facts the tests rely on: G.711 WAVs, consecutive ports
 
-from server_process import BenchError, die_with_parent, run_bench  # noqa: E402
+from server_process import BenchError, ServerProcess, die_with_parent, run_bench  # noqa: E402
 from voice_peers import free_port, ulaw_wav  # noqa: E402
 
 SIPP = "/usr/bin/sipp"
@@ -120,8 +119,10 @@ expect: {{ outcome: answered }}
 # --------------------------------------------------------------------------- SIPp, the callee
 
 
-class Sipp:
-    """SIPp as the UAS of every number: a child of this process, stopped by its pid."""
+class Sipp(ServerProcess):
+    """SIPp as the UAS of every number: a child of this process, ready once its SIP socket is bound, stopped by its pid."""
+
+    stop_signals = (signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL)  # SIGUSR1: SIPp's soft exit
 
     def __init__(self, folder: Path, greeting_wav: Path, life_s: float) -> None:
         self.folder = folder
@@ -129,76 +130,40 @@ class Sipp:
         self.messages = folder / "messages.log"
         self.errors = folder / "errors.log"
         ulaw_wav(greeting_wav, folder / "play.wav")  # rtp_stream reads play.wav from the working folder
-        self.argv = [
-            SIPP, "-sf", str(UAS_SCENARIO), "-t", "u1",
-            "-i", "127.0.0.1", "-p", str(self.port), "-bind_local",
-            "-mi", "127.0.0.1", "-mp", str(free_port(3)),  # -mp and -mp+2: its media sockets
-            "-cp", str(free_port()),  # its control socket; the default 8888 may be taken
-            "-nostdin", "-aa",
-            "-trace_msg", "-message_file", str(self.messages),
-            "-trace_err", "-error_file", str(self.errors),
-            "-timeout", f"{int(life_s)}s",  # whatever happens to us, SIPp ends by itself
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            [
+                SIPP, "-sf", str(UAS_SCENARIO), "-t", "u1",
+                "-i", "127.0.0.1", "-p", str(self.port), "-bind_local",
+                "-mi", "127.0.0.1", "-mp", str(free_port(3)),  # -mp and -mp+2: its media sockets
+                "-cp", str(free_port()),  # its control socket; the default 8888 may be taken
+                "-nostdin", "-aa",
+                "-trace_msg", "-message_file", str(self.messages),
+                "-trace_err", "-error_file", str(self.errors),
+                "-timeout", f"{int(life_s)}s",  # whatever happens to us, SIPp ends by itself
+            ],
+            name="SIPp", cwd=folder, log_path=folder / "sipp.log", error=BenchError,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+            start_timeout=SIPP_START_TIMEOUT_S, stop_timeout=SIPP_STOP_TIMEOUT_S,
+        )
 
     def __enter__(self) -> "Sipp":
         if not os.access(SIPP, os.X_OK):
             raise BenchError(f"{SIPP} is not installed: install the Debian package sip-tester (scripts/setup.sh)")
-        self.log = open(self.folder / "sipp.log", "wb")
-        self.process = subprocess.Popen(
-            self.argv, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        try:
-            self._wait_bound()
-        except BaseException:
-            self.stop()
-            raise
+        super().__enter__()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
+    @property
+    def awaited(self) -> str:
+        return f"bind 127.0.0.1:{self.port}"
 
-    def _wait_bound(self) -> None:
-        """Ready once its SIP socket is bound (INVITEs then wait in the socket until the scenario reads them)."""
-        deadline = time.monotonic() + SIPP_START_TIMEOUT_S
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise BenchError(f"SIPp exited ({self.process.returncode}) during start-up: {self.log_tail()}")
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", self.port))
-                except OSError:
-                    return
-            if time.monotonic() > deadline:
-                raise BenchError(f"SIPp did not bind 127.0.0.1:{self.port} within {SIPP_START_TIMEOUT_S:g}s: {self.log_tail()}")
-            time.sleep(0.05)
-
-    def log_tail(self) -> str:
-        text = (self.folder / "sipp.log").read_text(errors="replace").replace("\r", "\n")
-        return "\n".join(text.splitlines()[-10:]) or "(empty log)"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of SIPp (all its threads) so far."""
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """SIGUSR1 (SIPp's soft exit), then SIGTERM, then SIGKILL, each bounded; by pid."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL):
-            if process.poll() is not None:
-                break
+    def ready(self) -> bool:
+        """Its SIP socket is bound (INVITEs then wait in the socket until the scenario reads them)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             try:
-                os.kill(process.pid, signum)
-                process.wait(SIPP_STOP_TIMEOUT_S)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        self.log.close()
+                sock.bind(("127.0.0.1", self.port))
+            except OSError:
+                return True
+        return False
 
 
 def sipp_stamps(messages: str) -> dict[str, tuple[float, float]]:

@@ -48,20 +48,28 @@ def die_with_parent() -> None:
 
 
 class ServerProcess:
-    """Start `command`, wait until GET `url + ready_path` answers 200, stop it by its pid (SIGTERM, then SIGKILL)."""
+    """Start `command`, wait until ready() (GET `url + ready_path` answers 200), stop it by its pid.
+
+    A peer that is not an HTTP server overrides ready() and `awaited` (what ready() waits
+    for, for the error), and its `stop_signals` when it has a softer way out than SIGTERM.
+    """
+
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGKILL)
 
     def __init__(
         self,
         command: list[str],
-        url: str,
+        url: str = "",
         *,
-        ready_path: str,
+        ready_path: str = "/",
         name: str = "server",
         pass_fds: tuple[int, ...] = (),
         preexec_fn: object = None,
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
         error: type[Exception] = RuntimeError,
+        cwd: Path | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.command = command
         self.url = url
@@ -72,16 +80,32 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.error = error  # raised when it does not start
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # its stderr: a traceback if it fails to start
+        # Its output (stderr, and stdout too when it goes to a file): a traceback if it fails to start.
+        self.log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
+        self.log_path = log_path
+
+    @property
+    def awaited(self) -> str:
+        return f"answer on {self.url}"
+
+    def ready(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def __enter__(self) -> "ServerProcess":
         self.proc = subprocess.Popen(
             self.command,
+            cwd=self.cwd,
             pass_fds=self.pass_fds,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
+            stdout=self.log if self.log_path else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self.log_path else self.log,
             preexec_fn=self.preexec_fn,  # type: ignore[arg-type]
         )
         try:
@@ -95,25 +119,20 @@ class ServerProcess:
         self.stop()
 
     def _wait_ready(self) -> None:
-        import httpx
-
         deadline = time.monotonic() + self.start_timeout
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise self.error(f"{self.name} exited during start-up (exit code {self.proc.returncode}): {self.stderr_tail()}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.ready():
+                return
             if time.monotonic() > deadline:
-                raise self.error(f"{self.name} did not answer on {self.url} within {self.start_timeout:g}s: {self.stderr_tail()}")
+                raise self.error(f"{self.name} did not {self.awaited} within {self.start_timeout:g}s: {self.stderr_tail()}")
             time.sleep(0.05)
 
     def stderr_tail(self, limit: int = 2000) -> str:
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:].strip()
+        return self.log.read().decode(errors="replace").replace("\r", "\n")[-limit:].strip() or "(nothing written)"
 
     def cpu_seconds(self) -> float | None:
         """The child's user + system CPU so far (Linux /proc)."""
@@ -125,14 +144,15 @@ class ServerProcess:
             return None
 
     def stop(self) -> None:
+        """Each of `stop_signals` in turn, by pid, until it is gone (the last one waits for as long as it takes)."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+        if proc is not None:
+            for number, signum in enumerate(self.stop_signals, 1):
+                if proc.poll() is not None:
+                    break
+                try:
+                    os.kill(proc.pid, signum)
+                    proc.wait(None if number == len(self.stop_signals) else self.stop_timeout)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
         self.log.close()

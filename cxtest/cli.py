@@ -383,7 +383,7 @@ def stress(
     threshold: Annotated[Optional[list[str]], typer.Option("--threshold", help="k6-style: 'p95(turn_latency) < 800ms', 'rate(failed) < 1%' (repeatable).")] = None,
     abort_on_fail: Annotated[bool, typer.Option("--abort-on-fail", help="Stop as soon as a threshold is clearly lost.")] = False,
     max_duration: Annotated[Optional[str], typer.Option(help="Hard stop, whatever the shape says.")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Worker processes (0: one per core).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes (0: one per core, joining as the load needs them; N: N, all at work from the start).")] = 0,
     ray: Annotated[Optional[str], typer.Option(help="Run the workers as Ray actors on the cluster at this address.")] = None,
     json_stream: Annotated[bool, typer.Option("--json", help="One JSON line a second on stdout instead of the live table.")] = False,
     html: Annotated[Optional[Path], typer.Option(help="Write the HTML report here.")] = None,

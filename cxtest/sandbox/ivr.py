@@ -27,9 +27,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cxtest.sandbox.files import load_yaml
 from cxtest.sandbox.numbers import DEFAULT_NUMBERS, NumbersError, NumberTable, serve_number, synthesise_numbers
 from probes.voice import audio, dtmf
 from probes.voice.sip import Call, CallEnded, Timers, UserAgent
@@ -138,26 +138,11 @@ class IvrMenu(BaseModel):
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MENU) -> IvrMenu:
         """Read and check a menu file; IvrError says what is wrong and where."""
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise IvrError(f"{path}: cannot read the IVR menu: {exc}") from exc
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise IvrError(f"{path}: not a valid IVR menu:\n{_describe(exc)}") from exc
+        return load_yaml(cls, path, "IVR menu", IvrError)
 
     def prompts(self) -> dict[str, str]:
         """Prompt id (a node id, or a shared prompt's name) -> the text spoken."""
         return {**{node_id: node.say for node_id, node in self.nodes.items()}, "invalid": self.invalid, "goodbye": self.goodbye}
-
-
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "menu"
-        lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- prompts

@@ -17,9 +17,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cxtest.sandbox.files import load_yaml
 from probes.voice.sip import Call
 from probes.voice.speech import synthesise
 
@@ -89,27 +89,12 @@ class NumberTable(BaseModel):
     @classmethod
     def load(cls, path: str | Path = DEFAULT_NUMBERS) -> NumberTable:
         """Read and check a numbers file; NumbersError says what is wrong and where."""
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise NumbersError(f"{path}: cannot read the numbers: {exc}") from exc
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise NumbersError(f"{path}: not a valid numbers file:\n{_describe(exc)}") from exc
+        return load_yaml(cls, path, "numbers file", NumbersError)
 
     def texts(self) -> set[str]:
         """Every text a number may say, healthy or broken."""
         behaviours = [*self.numbers.values(), *(n.broken for n in self.numbers.values() if n.broken is not None)]
         return {b.say for b in behaviours if b.say is not None}
-
-
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "numbers file"
-        lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)
 
 
 def synthesise_numbers(table: NumberTable, cache_dir: str | Path | None = None) -> dict[str, bytes]:
