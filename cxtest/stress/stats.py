@@ -444,7 +444,7 @@ class Metrics:
         nonzero = np.flatnonzero(counts != 0)
         first, last = nonzero[0], nonzero[-1]
         smallest, largest = (int(lowest[first]), int(highest[last])) if scale > 0 else (-int(highest[last]), -int(lowest[first]))
-        figures = dict(zip((f"p{p:g}" for p in percentiles), percentiles_of(counts, metric, percentiles).tolist()))
+        figures = dict(zip((f"p{p:g}" for p in percentiles), percentiles_of(counts, metric, percentiles).tolist())) if percentiles else {}
         figures["min"], figures["max"] = smallest / abs(scale), largest / abs(scale)
         # Not np.dot: on float64 it wakes OpenBLAS's threads, which then spin (a tenth of a core in the coordinator).
         total = histogram.total_count

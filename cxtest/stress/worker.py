@@ -93,7 +93,7 @@ class StressWorker:
         self.users: set[asyncio.Task] = set()
         self.started = 0
         self.started_since = 0
-        self.stopping = asyncio.Event()
+        self.stopping = False  # stop() was called: start no more iterations
         self.finished = asyncio.Event()
         self._count = 0
         self._cpu = time.process_time()
@@ -124,7 +124,7 @@ class StressWorker:
 
     def stop(self) -> None:
         """Start no more iterations; those running finish (bounded by the plan's graceful stop)."""
-        self.stopping.set()
+        self.stopping = True
 
     def activate(self, active: int, from_iteration: int, from_t: float) -> None:
         """From that iteration of the plan (arrival rate) or that moment (users) on, `active` workers share it."""
@@ -147,7 +147,7 @@ class StressWorker:
         if wait > 0:
             await asyncio.sleep(wait)
         length = self.plan.length
-        while not self.stopping.is_set():
+        while not self.stopping:
             t = self.elapsed()
             if t >= length:
                 break
@@ -182,7 +182,7 @@ class StressWorker:
         task.add_done_callback(self.users.discard)
 
     async def _user(self, runner: Any, writer: Any, number: int) -> None:
-        while not self.stopping.is_set():
+        while not self.stopping:
             t = self.elapsed()
             if t >= self.plan.length or number >= self.share.users_at(t):
                 return
