@@ -171,7 +171,7 @@ async def measure(monitor: Any, figures: Figures, seconds: float, sandbox: Sandb
     gc.callbacks.append(pauses)
     began = time.perf_counter()
     task = asyncio.create_task(monitor.run(stop), name="monitor")
-    while not (getattr(monitor, "scheduler", None) is not None and monitor.scheduler.running):
+    while not monitor.started.is_set():
         if task.done():
             await task  # raises what stopped it
             raise BenchError("the monitor stopped during start-up")

@@ -92,6 +92,8 @@ class Monitor:
         self.last_result: dict[str, Result] = {}
         self.started_at = datetime.now(timezone.utc)
         self.reload_requested = asyncio.Event()
+        # Set once jobs are scheduled and the operator endpoint (if any) listens.
+        self.started = asyncio.Event()
         self._pending: list[_Submitted] = []
         self._inflight: set[asyncio.Task[Any]] = set()
         self._caps: dict[str, asyncio.Semaphore] = {}
@@ -140,6 +142,7 @@ class Monitor:
             asyncio.create_task(self._watch(stop), name="watch"),
         ]
         server = await self._start_http() if self.listen else None
+        self.started.set()
         try:
             await stop.wait()
         finally:

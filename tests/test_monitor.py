@@ -87,7 +87,7 @@ async def running(project: Path) -> AsyncIterator[Monitor]:
     monitor = Monitor([project], watch_interval=0.2)
     stop = asyncio.Event()
     task = asyncio.create_task(monitor.run(stop))
-    await wait_for(lambda: getattr(monitor, "scheduler", None) is not None and monitor.scheduler.running, what="start")
+    await wait_for(monitor.started.is_set, what="start")
     yield monitor
     stop.set()
     await asyncio.wait_for(task, 20)
@@ -249,7 +249,7 @@ async def test_token_guards_the_endpoint_but_not_healthz(project: Path) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(monitor.run(stop))
     try:
-        await wait_for(lambda: getattr(monitor, "scheduler", None) is not None and monitor.scheduler.running)
+        await wait_for(monitor.started.is_set, what="start")
         async with httpx.AsyncClient(base_url=f"http://{monitor.listen}") as client:
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/metrics")).status_code == 401

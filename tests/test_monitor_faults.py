@@ -191,7 +191,7 @@ async def monitoring(folder: Path, **options: Any) -> AsyncIterator[Monitor]:
     task = asyncio.create_task(monitor.run(stop))
     try:
         await async_wait_until(
-            lambda: task.done() or (getattr(monitor, "scheduler", None) is not None and monitor.scheduler.running),
+            lambda: task.done() or monitor.started.is_set(),
             10,
             "the monitor to start",
         )

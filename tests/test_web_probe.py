@@ -313,7 +313,7 @@ async def test_a_missing_resource_fails_the_http_error_check_unless_allowed(run)
 async def test_console_errors_and_failed_requests_are_their_own_checks(run) -> None:  # type: ignore[no-untyped-def]
     """A console.error and a refused fetch fail two checks, each naming what it saw, each allowed on its own."""
     with closed_port() as port:
-        steps = f"- goto: /console?refused={port}\n- wait_for: {{load_state: networkidle}}\n"
+        steps = f"- goto: /console?refused={port}\n- expect_text: No agents available\n"
         result = await run(steps)
         allowed = await run(steps, target="allow_console_errors: ['no agents']\nallow_failed_requests: ['ERR_CONNECTION_REFUSED']\n")
     assert result.outcome is Outcome.failed

@@ -91,7 +91,9 @@ def pages_app() -> Starlette:
 
     async def console(request: Request) -> Response:
         refused = request.query_params["refused"]
-        script = f"<script>console.error('chat widget: no agents online'); fetch('http://127.0.0.1:{refused}/api/agents').catch(() => {{}});</script>"
+        script = f"<script>console.error('chat widget: no agents online'); fetch('http://127.0.0.1:{refused}/api/agents')"
+        # The page says when the fetch failed, so a test can wait for it instead of for network idle.
+        script += ".catch(() => document.body.insertAdjacentHTML('beforeend', '<p>No agents available</p>'));</script>"
         return _page("Console", "<p>Chat</p>" + script)
 
     async def missing(request: Request) -> Response:
