@@ -233,8 +233,9 @@ def read_store(store: Path, stress_id: str, users: int) -> Side:
         side.peak = _most_at_once(spans)
         side.call_s = sum(end - start for start, end in spans) / len(spans) if spans else 0.0
         checks = db.execute(
-            "SELECT c.name, c.outcome, count(*) FROM checks c JOIN steps s ON c.step_id = s.id JOIN results r ON s.result_id = r.id "
-            "WHERE r.run_id = ? AND c.name IN ('prompt', 'prompt_audio') GROUP BY c.name, c.outcome",
+            # A result's steps, and their checks, are JSON in its row.
+            "SELECT c.value ->> 'name', c.value ->> 'outcome', count(*) FROM results r, json_each(r.steps) s, json_each(s.value, '$.checks') c "
+            "WHERE r.run_id = ? AND c.value ->> 'name' IN ('prompt', 'prompt_audio') GROUP BY 1, 2",
             (stress_id,),
         ).fetchall()
         counts: dict[str, dict[str, int]] = {}
@@ -245,7 +246,7 @@ def read_store(store: Path, stress_id: str, users: int) -> Side:
         heard_right = []
         losses = []
         for (measures,) in db.execute(
-            "SELECT s.measures FROM steps s JOIN results r ON s.result_id = r.id WHERE r.run_id = ?", (stress_id,)
+            "SELECT s.value -> 'measures' FROM results r, json_each(r.steps) s WHERE r.run_id = ?", (stress_id,)
         ):
             values = json.loads(measures)
             if "time_to_answer" in values:

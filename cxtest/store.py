@@ -1,16 +1,20 @@
-"""The results store: every Result, with its steps and checks, in SQLite (WAL) or
-PostgreSQL through SQLAlchemy Core. The API is synchronous; async callers wrap it
-in asyncio.to_thread. Driver failures surface as StoreError naming the URL with
-its password replaced by ***.
+"""The results store: every Result in SQLite (WAL) or PostgreSQL through SQLAlchemy Core,
+one row each, its steps (with their checks) as JSON. The API is synchronous; async
+callers wrap it in asyncio.to_thread. Driver failures surface as StoreError naming the
+URL with its password replaced by ***.
+
+Why one row per result: a result is written once, never updated, and always read whole;
+its steps and checks have no life of their own. As rows of their own tables they were
+20 inserts for a chat conversation, and the store cost a stress worker more CPU than the
+conversation's HTTP. Databases from before keep their history: their steps and checks
+tables are folded into the results on opening (_fold_step_tables).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,7 +26,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
-    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -30,14 +33,16 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
     create_engine,
     event,
     func,
     insert,
+    inspect,
     select,
-    text,
+    update,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -48,17 +53,34 @@ __all__ = ["Store", "create_tables", "metadata", "redact_url"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 10
-# Keeps IN (...) lists far below SQLite's and PostgreSQL's bound-parameter limits.
-_ID_CHUNK = 500
+_FOLD_BATCH = 1000  # results rewritten per statement when folding an old database's steps
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)  # datetimes included (passed through to here), and anything else JSON cannot hold
+
+
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _json_text(value: Any) -> str:
-    # orjson for the JSON columns: a stress exercise saves about 40 small JSON values per
-    # result, and json.dumps was a third of Store.save's time. Values pass _jsonable first.
-    return orjson.dumps(value).decode()
+    """A JSON column's text: orjson writes the model's dataclasses, enums and tuples itself, in C.
+
+    NaN and infinities become null, as in JavaScript: JSON has no such numbers and
+    PostgreSQL's JSON type refuses them.
+    """
+    return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS).decode()
 
 
-_JSON_ENGINE_OPTIONS = {"json_serializer": _json_text}
+def _json_value(stored: Any) -> Any:
+    # SQLite gives a JSON column NUMERIC affinity: a bare number (an old checks row's
+    # expected 4) comes back as the number, which SQLAlchemy passes on for json.loads's TypeError.
+    return orjson.loads(stored) if isinstance(stored, (str, bytes)) else stored
+
+
+_JSON_ENGINE_OPTIONS = {"json_serializer": _json_text, "json_deserializer": _json_value}
 
 
 class UTCDateTime(TypeDecorator):
@@ -108,38 +130,38 @@ results_table = Table(
     Column("measures", JSON, nullable=False),
     Column("checks", JSON, nullable=False),
     Column("artifacts", JSON, nullable=False),
+    # [{index, name, outcome, started, duration, message, measures, evidence, checks: [...]}]
+    Column("steps", JSON, nullable=False),
     Index("ix_results_scenario_started", "scenario_id", "started_at"),
     Index("ix_results_run_id", "run_id"),
 )
 
-steps_table = Table(
+# The layout before steps moved into their result's row: read once, to fold them in.
+_old = MetaData()
+_old_steps = Table(
     "steps",
-    metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("result_id", _Id, ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
-    Column("index", Integer, nullable=False),
-    Column("name", Text, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("started", Float, nullable=False),
-    Column("duration", Float, nullable=False),
-    Column("message", Text, nullable=False, default=""),
-    Column("measures", JSON, nullable=False),
-    Column("evidence", JSON, nullable=False),
-    # PostgreSQL does not index foreign keys by itself; rebuilding Results joins on them.
-    Index("ix_steps_result_id", "result_id"),
+    _old,
+    Column("id", _Id, primary_key=True),
+    Column("result_id", _Id),
+    Column("index", Integer),
+    Column("name", Text),
+    Column("outcome", String(16)),
+    Column("started", Float),
+    Column("duration", Float),
+    Column("message", Text),
+    Column("measures", JSON),
+    Column("evidence", JSON),
 )
-
-checks_table = Table(
+_old_checks = Table(
     "checks",
-    metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("step_id", _Id, ForeignKey("steps.id", ondelete="CASCADE"), nullable=False),
-    Column("name", Text, nullable=False),
-    Column("outcome", String(16), nullable=False),
+    _old,
+    Column("id", _Id, primary_key=True),
+    Column("step_id", _Id),
+    Column("name", Text),
+    Column("outcome", String(16)),
     Column("expected", JSON(none_as_null=False)),
     Column("actual", JSON(none_as_null=False)),
-    Column("text", Text, nullable=False),
-    Index("ix_checks_step_id", "step_id"),
+    Column("text", Text),
 )
 
 
@@ -195,63 +217,13 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def _jsonable(value: Any) -> Any:
-    """A value every backend's JSON type accepts; anything else becomes str(value).
-
-    Non-finite floats become strings too: PostgreSQL's JSON rejects NaN and Infinity.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
-def _measures_in(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {str(k): _jsonable(v) for k, v in (value or {}).items()}
-
-
-def _measures_out(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    # Undo _jsonable's "nan"/"inf" strings: measures are numbers by contract.
-    return {k: float(v) if isinstance(v, str) else v for k, v in (value or {}).items()}
-
-
 def _outcome(value: Outcome | str) -> str:
     return value.value if isinstance(value, Outcome) else Outcome(value).value
 
 
-def _check_dict(check: CheckResult) -> dict[str, Any]:
-    return {
-        "name": check.name,
-        "outcome": _outcome(check.outcome),
-        "expected": _jsonable(check.expected),
-        "actual": _jsonable(check.actual),
-        "text": check.text,
-    }
-
-
-@functools.lru_cache(maxsize=16)
-def _driver_insert(table: Table, dialect: Any) -> tuple[str, list[str], list[Callable[[Any], Any] | None]]:
-    """A positional INSERT of every column but the id, as the driver takes it, with each column's bind processor."""
-    columns = [column for column in table.columns if column.name != "id"]
-    compiled = insert(table).compile(dialect=dialect, column_keys=[column.name for column in columns])
-    keys = list(compiled.positiontup or ())
-    by_name = {column.name: column for column in columns}
-    # A JSON column's processor is the serialiser behind a check for SQLAlchemy's NULL markers, which
-    # rows built by save() never hold (None is JSON null in every JSON column here, as it is there).
-    return str(compiled), keys, [
-        _json_text if isinstance(by_name[key].type, JSON) else by_name[key].type.dialect_impl(dialect).bind_processor(dialect)
-        for key in keys
-    ]
-
-
-def _attributes(items: Sequence[Any], *names: str) -> dict[str, list[Any]]:
-    """Columns of plain attributes: name -> every item's value."""
-    return {name: list(map(operator.attrgetter(name), items)) for name in names}
+def _measures_out(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Measures are numbers by contract: a NaN or infinity was stored as null (before, as "nan"/"inf").
+    return {k: math.nan if v is None else float(v) if isinstance(v, str) else v for k, v in (value or {}).items()}
 
 
 def _check_from(row: Mapping[str, Any]) -> CheckResult:
@@ -264,9 +236,18 @@ def _check_from(row: Mapping[str, Any]) -> CheckResult:
     )
 
 
-def _chunks(items: Sequence[int], size: int = _ID_CHUNK) -> Iterable[Sequence[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _step_from(item: Mapping[str, Any]) -> StepResult:
+    return StepResult(
+        index=item["index"],
+        name=item["name"],
+        outcome=Outcome(item["outcome"]),
+        started=item["started"],
+        duration=item["duration"],
+        message=item["message"],
+        checks=tuple(_check_from(c) for c in item["checks"]),
+        measures=_measures_out(item["measures"]),
+        evidence=dict(item["evidence"] or {}),
+    )
 
 
 # --------------------------------------------------------------------------- the store
@@ -279,6 +260,47 @@ def create_tables(engine: Engine, tables: Sequence[Table] | None = None) -> None
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7316)")  # any constant shared by all cxtest agents
         metadata.create_all(conn, tables=tables)
+
+
+def _fold_step_tables(engine: Engine) -> None:
+    """A database from before one row per result: its steps and checks tables move into a
+    `steps` column of their results, in one transaction, then the tables go."""
+    if "steps" not in inspect(engine).get_table_names():
+        return
+    with engine.begin() as conn:
+        # One agent folds; another that was waiting finds the tables gone.
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7316)")  # as create_tables
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock before looking
+        tables = inspect(conn).get_table_names()
+        if "steps" not in tables:
+            return  # another agent folded them meanwhile
+        if "steps" not in {c["name"] for c in inspect(conn).get_columns("results")}:
+            conn.exec_driver_sql("ALTER TABLE results ADD COLUMN steps JSON NOT NULL DEFAULT '[]'")
+        ids = conn.execute(select(results_table.c.id).order_by(results_table.c.id)).scalars().all()
+        for start in range(0, len(ids), _FOLD_BATCH):
+            chunk = ids[start : start + _FOLD_BATCH]
+            steps = conn.execute(
+                select(_old_steps).where(_old_steps.c.result_id.between(chunk[0], chunk[-1])).order_by(_old_steps.c.id)
+            ).mappings().all()
+            checks: dict[int, list[dict[str, Any]]] = {}
+            if steps:
+                for c in conn.execute(
+                    select(_old_checks).where(_old_checks.c.step_id.between(steps[0]["id"], steps[-1]["id"])).order_by(_old_checks.c.id)
+                ).mappings():
+                    checks.setdefault(c["step_id"], []).append({k: c[k] for k in ("name", "outcome", "expected", "actual", "text")})
+            folded: dict[int, list[dict[str, Any]]] = {}
+            for s in sorted(steps, key=lambda s: (s["result_id"], s["index"], s["id"])):
+                item = {k: s[k] for k in ("index", "name", "outcome", "started", "duration", "message", "measures", "evidence")}
+                folded.setdefault(s["result_id"], []).append({**item, "checks": checks.get(s["id"], [])})
+            if folded:
+                conn.execute(
+                    update(results_table).where(results_table.c.id == bindparam("result_id")).values(steps=bindparam("folded")),
+                    [{"result_id": result_id, "folded": items} for result_id, items in folded.items()],
+                )
+        conn.exec_driver_sql("DROP TABLE checks")
+        conn.exec_driver_sql("DROP TABLE steps")
 
 
 class Store:
@@ -320,6 +342,7 @@ class Store:
             ) from None
         with self._errors("cannot open"):
             create_tables(self.engine)
+            _fold_step_tables(self.engine)
 
     @staticmethod
     def _sqlite_engine(parsed: Any) -> Engine:
@@ -370,76 +393,30 @@ class Store:
         """Write the batch in one transaction; every result is committed when this returns."""
         if not results:
             return
-        # Column by column: a stress exercise saves 20 rows a result, and a dict per row was
-        # a good part of what saving cost.
-        result_columns = {
-            **_attributes(results, "run_id", "scenario_id", "scenario_name", "channel", "file"),
-            "outcome": [_outcome(r.outcome) for r in results],
-            **_attributes(results, "started_at", "duration", "message", "attempts", "flaky"),
-            "tags": [list(r.tags) for r in results],
-            "location": [r.location for r in results],
-            "measures": [_measures_in(r.measures) for r in results],
-            "checks": [[_check_dict(c) for c in r.checks] for r in results],
-            "artifacts": [[{"label": a.label, "path": a.path, "kind": a.kind} for a in r.artifacts] for r in results],
-        }
-        with self._errors("cannot save results to"), self.engine.begin() as conn:
-            result_ids = self._insert(conn, results_table, result_columns)
-            steps = [(result_id, step) for result_id, r in zip(result_ids, results) for step in r.steps]
-            if not steps:
-                return
-            only_steps = [step for _, step in steps]
-            step_columns = {
-                "result_id": [result_id for result_id, _ in steps],
-                **_attributes(only_steps, "index", "name"),
-                "outcome": [_outcome(step.outcome) for step in only_steps],
-                **_attributes(only_steps, "started", "duration", "message"),
-                "measures": [_measures_in(step.measures) for step in only_steps],
-                "evidence": [_jsonable(dict(step.evidence or {})) for step in only_steps],
+        rows = [
+            {
+                "run_id": r.run_id,
+                "scenario_id": r.scenario_id,
+                "scenario_name": r.scenario_name,
+                "channel": r.channel,
+                "file": r.file,
+                "outcome": _outcome(r.outcome),
+                "started_at": r.started_at,
+                "duration": r.duration,
+                "message": r.message,
+                "attempts": r.attempts,
+                "flaky": r.flaky,
+                "tags": r.tags,
+                "location": r.location,
+                "measures": r.measures,
+                "checks": r.checks,
+                "artifacts": r.artifacts,
+                "steps": r.steps,
             }
-            step_ids = self._insert(conn, steps_table, step_columns)
-            checks = [(step_id, check) for step_id, (_, step) in zip(step_ids, steps) for check in step.checks]
-            if checks:
-                check_columns = {
-                    "step_id": [step_id for step_id, _ in checks],
-                    "name": [check.name for _, check in checks],
-                    "outcome": [_outcome(check.outcome) for _, check in checks],
-                    "expected": [_jsonable(check.expected) for _, check in checks],
-                    "actual": [_jsonable(check.actual) for _, check in checks],
-                    "text": [check.text for _, check in checks],
-                }
-                self._insert(conn, checks_table, check_columns, ids=False)
-
-    def _insert(self, conn: Connection, table: Table, columns: dict[str, list[Any]], ids: bool = True) -> list[int]:
-        """Insert rows given column by column; their ids in row order, so child rows can point at them (none when not `ids`)."""
-        count = len(next(iter(columns.values())))
-        if self.dialect == "postgresql":
-            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-            if not ids:
-                conn.execute(insert(table), rows)
-                return []
-            # Reserving the ids first keeps this a pipelined executemany: INSERT ... RETURNING
-            # over many rows is several times slower with psycopg.
-            reserved = conn.execute(
-                text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"),
-                {"table": table.name, "n": count},
-            ).scalars().all()
-            for row, row_id in zip(rows, reserved):
-                row["id"] = row_id
-            conn.execute(insert(table), rows)
-            return list(reserved)
-        # SQLite: one executemany, then the ids from the last one. The transaction holds the
-        # database's only write lock from its first INSERT, and a row inserted without an id
-        # gets max(rowid) + 1 (https://sqlite.org/autoinc.html), so the batch's ids are the n
-        # numbers up to the last. INSERT ... RETURNING would run one statement per row.
-        statement, keys, processors = _driver_insert(table, conn.dialect)
-        # The columns' own bind processors, applied here: SQLAlchemy's per-row parameter
-        # handling in execute() was half of a stress exercise's saving (20 rows a result).
-        values = [list(map(process, columns[key])) if process else columns[key] for key, process in zip(keys, processors)]
-        conn.exec_driver_sql(statement, list(zip(*values)))
-        if not ids:
-            return []
-        last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
-        return list(range(last - count + 1, last + 1))
+            for r in results
+        ]
+        with self._errors("cannot save results to"), self.engine.begin() as conn:
+            conn.execute(insert(results_table), rows)
 
     # ------------------------------------------------------------------ reading
 
@@ -507,63 +484,28 @@ class Store:
     def _load(self, query: Any) -> list[Result]:
         with self._errors("cannot read results from"), self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-            ids = [row["id"] for row in rows]
-            # Explicit ids rather than a subquery: rows another agent commits meanwhile must not slip in.
-            step_rows: list[Mapping[str, Any]] = []
-            for chunk in _chunks(ids):
-                step_rows += conn.execute(
-                    select(steps_table).where(steps_table.c.result_id.in_(chunk))
-                ).mappings().all()
-            check_rows: list[Mapping[str, Any]] = []
-            step_ids = [s["id"] for s in step_rows]
-            for chunk in _chunks(step_ids):
-                check_rows += conn.execute(
-                    select(checks_table).where(checks_table.c.step_id.in_(chunk)).order_by(checks_table.c.id)
-                ).mappings().all()
-
-        checks_by_step: dict[int, list[CheckResult]] = {}
-        for c in check_rows:
-            checks_by_step.setdefault(c["step_id"], []).append(_check_from(c))
-        steps_by_result: dict[int, list[tuple[int, int, StepResult]]] = {}
-        for s in step_rows:
-            step = StepResult(
-                index=s["index"],
-                name=s["name"],
-                outcome=Outcome(s["outcome"]),
-                started=s["started"],
-                duration=s["duration"],
-                message=s["message"],
-                checks=tuple(checks_by_step.get(s["id"], ())),
-                measures=_measures_out(s["measures"]),
-                evidence=dict(s["evidence"] or {}),
+        return [
+            Result(
+                scenario_id=row["scenario_id"],
+                scenario_name=row["scenario_name"],
+                channel=row["channel"],
+                file=row["file"],
+                outcome=Outcome(row["outcome"]),
+                started_at=row["started_at"],
+                duration=row["duration"],
+                message=row["message"],
+                steps=tuple(_step_from(item) for item in row["steps"]),
+                checks=tuple(_check_from(c) for c in row["checks"] or ()),
+                measures=_measures_out(row["measures"]),
+                artifacts=tuple(Artifact(**a) for a in row["artifacts"] or ()),
+                attempts=row["attempts"],
+                flaky=bool(row["flaky"]),
+                tags=tuple(row["tags"] or ()),
+                location=row["location"],
+                run_id=row["run_id"],
             )
-            steps_by_result.setdefault(s["result_id"], []).append((s["index"], s["id"], step))
-
-        out = []
-        for row in rows:
-            steps = sorted(steps_by_result.get(row["id"], ()), key=lambda item: item[:2])
-            out.append(
-                Result(
-                    scenario_id=row["scenario_id"],
-                    scenario_name=row["scenario_name"],
-                    channel=row["channel"],
-                    file=row["file"],
-                    outcome=Outcome(row["outcome"]),
-                    started_at=row["started_at"],
-                    duration=row["duration"],
-                    message=row["message"],
-                    steps=tuple(step for _, _, step in steps),
-                    checks=tuple(_check_from(c) for c in row["checks"] or ()),
-                    measures=_measures_out(row["measures"]),
-                    artifacts=tuple(Artifact(**a) for a in row["artifacts"] or ()),
-                    attempts=row["attempts"],
-                    flaky=bool(row["flaky"]),
-                    tags=tuple(row["tags"] or ()),
-                    location=row["location"],
-                    run_id=row["run_id"],
-                )
-            )
-        return out
+            for row in rows
+        ]
 
 
 class _Translate:
