@@ -98,28 +98,40 @@ class _SimplePath:
     (tests/test_chat_hot_path.py compares them).
     """
 
-    __slots__ = ("path", "segments")
+    __slots__ = ("path", "segments", "names")
 
     def __init__(self, path: str, segments: tuple[tuple[str, Any], ...]):
         self.path, self.segments = path, segments
+        # `$.intent.name`: only names, a walk down dicts.
+        self.names = tuple(key for _, key in segments) if all(kind == "name" for kind, _ in segments) else None
 
     def findall(self, document: Any) -> list[Any]:
+        if self.names is not None:
+            for key in self.names:
+                if not isinstance(document, dict) or key not in document:
+                    return []
+                document = document[key]
+            return [document]
         found = [document]
+        # One loop per kind of segment, no call per node: a chat answer resolves ~6 paths.
         for kind, key in self.segments:
-            found = [value for node in found for value in _select(kind, key, node)]
+            if kind == "name":
+                found = [node[key] for node in found if isinstance(node, dict) and key in node]
+            elif kind == "all":
+                spread: list[Any] = []
+                for node in found:
+                    if isinstance(node, dict):
+                        spread += node.values()
+                    elif isinstance(node, list):
+                        spread += node
+                found = spread
+            else:
+                text = str(key)  # python-jsonpath's [0] on an object
+                found = [node[key] if isinstance(node, list) else node[text] for node in found
+                         if (isinstance(node, list) and key < len(node)) or (isinstance(node, dict) and text in node)]
             if not found:
                 break
         return found
-
-
-def _select(kind: str, key: Any, node: Any) -> list[Any]:
-    if kind == "name":
-        return [node[key]] if isinstance(node, dict) and key in node else []
-    if kind == "all":
-        return list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else []
-    if isinstance(node, list):
-        return [node[key]] if key < len(node) else []
-    return [node[str(key)]] if isinstance(node, dict) and str(key) in node else []  # python-jsonpath's [0] on an object
 
 
 def _simple_path(path: str) -> _SimplePath | None:

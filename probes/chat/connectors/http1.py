@@ -27,7 +27,7 @@ import socket
 import ssl
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 import httptools
@@ -46,8 +46,7 @@ class Response:
     body: bytes
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):  # a tuple's hash is C's: the pool looks one up per request
     scheme: str
     host: str
     port: int
@@ -73,6 +72,20 @@ def with_query(url: str, params: list[tuple[str, str]]) -> str:
     if not params:
         return url
     return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
+@functools.lru_cache(maxsize=1024)
+def _head(method: str, url: str, headers: tuple[tuple[str, str], ...]) -> tuple[Origin, bytes]:
+    """The request line and headers, but Content-Length: a conversation sends the same ones message after message."""
+    origin, target, host = split_url(url)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    given = {name.lower() for name, _ in headers}
+    if "user-agent" not in given:
+        lines.append(f"User-Agent: {USER_AGENT}")
+    if "accept" not in given:
+        lines.append("Accept: */*")
+    lines += [f"{name}: {value}" for name, value in headers]
+    return origin, ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
 class _Closed(Exception):
@@ -138,9 +151,11 @@ class _Connection(asyncio.Protocol):
         if self._head_size > MAX_HEAD:
             raise ProtocolError(f"the bot's answer has no end of headers in its first {MAX_HEAD} bytes")
         key, text = name.decode("latin-1").lower(), value.decode("latin-1").strip()
-        # Set-Cookie values hold commas (Expires=Mon, 07 Dec ...): repeated ones are kept a line each.
-        joint = "\n" if key == "set-cookie" else ", "
-        self._headers[key] = f"{self._headers[key]}{joint}{text}" if key in self._headers else text
+        if key not in self._headers:
+            self._headers[key] = text
+        else:
+            # Set-Cookie values hold commas (Expires=Mon, 07 Dec ...): repeated ones are kept a line each.
+            self._headers[key] += ("\n" if key == "set-cookie" else ", ") + text
 
     def on_headers_complete(self) -> None:
         self._headed = True
@@ -226,17 +241,8 @@ class Pool:
         self._idle: dict[Origin, list[_Connection]] = {}
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
-        origin, target, host = split_url(url)
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-        given = {name.lower() for name in headers}
-        if "user-agent" not in given:
-            lines.append(f"User-Agent: {USER_AGENT}")
-        if "accept" not in given:
-            lines.append("Accept: */*")
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        origin, head = _head(method, url, tuple(headers.items()))
+        request = head + b"\r\n" if body is None else b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         connection = self._take(origin) or await self._connect(origin, url)
         try:
             response = await connection.exchange(request)

@@ -63,7 +63,7 @@ def _first(path: str | None, document: Any) -> Any:
 
 
 def _all(path: str | None, document: Any) -> list[Any]:
-    return [] if path is None else list(_compiled(path).findall(document))
+    return [] if path is None else _compiled(path).findall(document)
 
 
 def as_button(value: Any) -> Button | None:
@@ -72,10 +72,16 @@ def as_button(value: Any) -> Button | None:
         return Button(value)
     if not isinstance(value, dict):
         return None
-    title = next((value[key] for key in ("title", "text", "label") if isinstance(value.get(key), str)), None)
-    payload = next((value[key] for key in ("payload", "value", "postback") if value.get(key) is not None), None)
-    if title is None:
+    for key in ("title", "text", "label"):
+        title = value.get(key)
+        if isinstance(title, str):
+            break
+    else:
         return None
+    for key in ("payload", "value", "postback"):
+        payload = value.get(key)
+        if payload is not None:
+            break
     return Button(title, payload if isinstance(payload, str) or payload is None else json.dumps(payload))
 
 
@@ -310,12 +316,13 @@ class RestConnector(HttpConnector):
 
         def parse(document: Any, at: float) -> list[BotMessage]:
             intent = _first(target.intent, document)
-            confidence = _first(target.confidence, document)
+            intent = intent if isinstance(intent, str) else None
+            confidence = _number(_first(target.confidence, document))
             messages = []
             for item in _all(target.messages, document):
                 buttons = tuple(b for b in map(as_button, _all(target.buttons, item)) if b is not None)
                 for text in _all(target.text, item) or ([""] if buttons else []):
-                    messages.append(BotMessage(str(text), buttons, intent if isinstance(intent, str) else None, _number(confidence), item, at))
+                    messages.append(BotMessage(str(text), buttons, intent, confidence, item, at))
             return messages
 
         return HttpConversation(self, target, conversation_id, request, parse)
