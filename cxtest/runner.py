@@ -338,9 +338,11 @@ async def _run_step(session: Any, scenario: Scenario, index: int, step: Any, ctx
         return _step(scenario, index, Outcome.error, clock, started, str(exc))
     except Exception as exc:  # noqa: BLE001 - the boundary: a crash becomes an `error` step
         return _step(scenario, index, Outcome.error, clock, started, _crash(exc, ctx))
-    checks = _redacted(observation.checks)
-    outcome = Outcome.passed if all(c.outcome is Outcome.passed for c in checks) else Outcome.worst([c.outcome for c in checks])
-    message = "; ".join(c.text for c in checks if c.outcome is not Outcome.passed)
+    checks = _redacted(observation.checks) if observation.checks else ()
+    outcome, message = Outcome.passed, ""
+    if any(c.outcome is not Outcome.passed for c in checks):
+        outcome = Outcome.worst([c.outcome for c in checks])
+        message = "; ".join(c.text for c in checks if c.outcome is not Outcome.passed)
     return StepResult(
         index=index,
         name=_step_name(step),

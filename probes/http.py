@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 import socket
 import ssl
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cache
-from typing import Annotated, Any, AsyncIterator, ClassVar, Literal
+from typing import Annotated, Any, AsyncIterator, Callable, ClassVar, Literal
 
 import httpx
 import jinja2
@@ -201,25 +202,27 @@ _JINJA_LITERALS = {"true", "false", "none", "True", "False", "None"}
 
 
 @functools.lru_cache(maxsize=4096)
-def _placeholders(text: str) -> tuple[tuple[bool, str], ...] | None:
-    """"pay {{ balance }}" -> ((False, "pay "), (True, "balance")): text with bare `{{ name }}` placeholders only.
+def _filling(text: str) -> tuple[str, Callable[[dict[str, Any]], Any], bool] | None:
+    """"pay {{ balance }}" -> ("pay %s", itemgetter("balance"), True): text with bare `{{ name }}` placeholders only.
 
     Such a template renders as its text with str() of each value, which is what Jinja2 does
-    for it; anything else (filters, expressions, statements, comments, a line ending Jinja2
-    would rewrite or drop) is None and goes to Jinja2.
+    for it and what %s does; anything else (filters, expressions, statements, comments, a
+    line ending Jinja2 would rewrite or drop) is None and goes to Jinja2. The bool: one name.
     """
-    parts: list[tuple[bool, str]] = []
+    literals: list[str] = []
+    names: list[str] = []
     end = 0
     for found in _PLACEHOLDER.finditer(text):
         if found.group(1) in _JINJA_LITERALS:
             return None
-        parts += [(False, text[end : found.start()]), (True, found.group(1))]
+        literals.append(text[end : found.start()])
+        names.append(found.group(1))
         end = found.end()
-    parts.append((False, text[end:]))
-    literal = "".join(part for is_name, part in parts if not is_name)
-    if any(mark in literal for mark in ("{{", "{%", "{#", "}}", "\r")) or text.endswith("\n"):
+    literals.append(text[end:])
+    literal = "".join(literals)
+    if not names or any(mark in literal for mark in ("{{", "{%", "{#", "}}", "\r")) or text.endswith("\n"):
         return None
-    return tuple(part for part in parts if part[0] or part[1])
+    return "%s".join(part.replace("%", "%%") for part in literals), operator.itemgetter(*names), len(names) == 1
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:
@@ -227,9 +230,15 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
     if isinstance(value, str):
         if "{{" not in value and "{%" not in value:
             return value
-        parts = _placeholders(value)
-        if parts is not None and all(part in variables for is_name, part in parts if is_name):
-            return "".join(str(variables[part]) if is_name else part for is_name, part in parts)
+        filling = _filling(value)
+        if filling is not None:
+            text, values_of, single = filling
+            try:
+                values = values_of(variables)
+            except KeyError:
+                pass  # Jinja2 says which is undefined
+            else:
+                return text % ((values,) if single else values)
         try:
             return _template(value).render(variables)
         except jinja2.UndefinedError as exc:

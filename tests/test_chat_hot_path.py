@@ -56,11 +56,12 @@ def test_other_paths_go_to_python_jsonpath(path: str) -> None:
 
 
 JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-VALUES = {"balance": 120, "name": "Ann", "none": None, "flag": True, "ratio": 0.5, "items": [1, 2], "html": "<b>&</b>"}
+VALUES = {"balance": 120, "name": "Ann", "none": None, "flag": True, "ratio": 0.5, "items": [1, 2], "pair": (1, 2), "html": "<b>&</b>"}
 TEMPLATES = [
     "pay {{ balance }}", "{{balance}}", "{{ name }} has {{ balance }} pounds{{ none }}", "{{ flag }} {{ ratio }} {{ items }}",
     "{{ html }}", "trailing newline {{ name }}\n", "windows\r\nline {{ name }}", "{{ name | upper }}", "{{ balance + 1 }}",
     "{% if flag %}yes{% endif %} {{ name }}", "{# note #}{{ name }}", "{{ true }} {{ None }}", "a }} b {{ name }}", "{{ name }}}}",
+    "100% sure, {{ name }} %s %(x)s", "{{ pair }}", "{{ pair }} and {{ pair }}",
 ]
 
 

@@ -117,7 +117,10 @@ class ChatSession:
 
     def _latency(self, message: BotMessage) -> float:
         """From our last message before this one arrived (or the conversation's opening) to its arrival."""
-        return message.at - max((sent for sent in self.sends if sent <= message.at), default=self.opened_at)
+        for sent in reversed(self.sends):  # in the order they went out
+            if sent <= message.at:
+                return message.at - sent
+        return message.at - self.opened_at
 
     def _received(self, message: BotMessage) -> None:
         self.seen.append(message)
