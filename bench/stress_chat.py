@@ -2,7 +2,7 @@
 """Chat stress: the sandbox bot driven by `cxtest stress` and by Locust at the same arrival rate, in the same run.
 
 The sandbox app (one uvicorn worker, no IVR) runs in its own process on 127.0.0.1.
-Against it, one after the other:
+Against it, one after the other, in --rounds rounds (3), each round in another order:
 
   cxtest        `cxtest stress chat_balance.yaml --rate R --duration Ds --json --no-store`
                 (the coordinator and its worker processes, one per core), the
@@ -16,13 +16,17 @@ Against it, one after the other:
                 the same checks on every answer), each paced by constant_throughput(R/U),
                 so conversations start at R a second as long as each takes less than U/R s.
 
-Both sides are measured over the same window of their run, from --warmup seconds in to
+Each side is measured over the same window of each of its runs, from --warmup seconds in to
 the end of the shape (start-up, imports and the last drain left out): conversations
 finished in it, and the CPU every process of the side used in it (cxtest: the
 coordinator and its workers, read with psutil at each of its one-a-second JSON lines;
 locust: its process, from /proc, read by a greenlet at the same two moments).
 
-Columns, per side:
+This VM's speed drifts by a tenth from one minute to the next, so one run of each side
+in a fixed order could put the drift into the ratio; the figures are the sums of the
+rounds (each round's ratios are printed as it ends, to show the spread).
+
+Columns, per side (all rounds together):
 
   conv          conversations finished in the window
   failed        conversations of the whole run that did not pass (cxtest: outcome failed
@@ -31,7 +35,7 @@ Columns, per side:
   conv/s        conv / window
   CPU s         the side's CPU over the window; % core = CPU s / window
   conv/CPU s    conversations per second of one core's time: the per-core figure
-  p95 ms        a whole conversation's duration, 95th percentile over the whole run
+  p95 ms        a whole conversation's duration, 95th percentile over the whole run (the worst round)
                 (cxtest: the `duration` metric; locust: the conversation's time)
   sandbox       the sandbox's CPU over the window, % of a core: the same load on the bot
 
@@ -41,9 +45,9 @@ passed, 1 on FAIL, 2 when a side could not run or a conversation failed (the fig
 then mean nothing). --quick (the CI smoke run) is too short to judge: it prints the
 verdict but only a side that could not run or a failed conversation changes its exit code.
 
-    .venv/bin/python bench/stress_chat.py                       # 100 conversations/s, 20 s per side
+    .venv/bin/python bench/stress_chat.py                       # 100 conversations/s, 20 s per side, 3 rounds
     .venv/bin/python bench/stress_chat.py --rate 200 --seconds 30
-    .venv/bin/python bench/stress_chat.py --quick               # 20/s for 6 s (tests/test_bench_stress_chat_smoke.py)
+    .venv/bin/python bench/stress_chat.py --quick               # 20/s for 6 s, 1 round (tests/test_bench_stress_chat_smoke.py)
 """
 
 from __future__ import annotations
@@ -154,6 +158,21 @@ class Side:
     def rate(self) -> float:
         return self.conversations / self.window if self.window else 0.0
 
+    def add(self, other: "Side") -> None:
+        """Another round of the same side: windows, conversations and CPU add up; the worse p95 is kept."""
+        self.name = other.name
+        self.conversations += other.conversations
+        self.window += other.window
+        self.cpu += other.cpu
+        self.sandbox_cpu += other.sandbox_cpu
+        self.total += other.total
+        self.failed += other.failed
+        if other.p95 is not None:
+            self.p95 = other.p95 if self.p95 is None else max(self.p95, other.p95)
+        if other.stored is not None:
+            self.stored = (self.stored or 0) + other.stored
+        self.problems += other.problems[: SHOWN_FAILURES - len(self.problems)]
+
     @property
     def per_core(self) -> float:
         return self.conversations / self.cpu if self.cpu else float("nan")
@@ -178,14 +197,14 @@ def cpu_between(start: dict[int, float], end: dict[int, float]) -> float:
     return sum(end[pid] - start[pid] for pid in end if pid in start)
 
 
-def run_cxtest(name: str, folder: Path, scenario: Path, args: argparse.Namespace, sandbox: Any, store: bool) -> Side:
+def run_cxtest(name: str, folder: Path, scenario: Path, args: argparse.Namespace, sandbox: Any, store: bool, round_: int = 0) -> Side:
     import psutil
 
     command = [
         sys.executable, "-c", "from cxtest.cli import main; main()", "stress", str(scenario),
         "--rate", f"{args.rate:g}", "--duration", f"{args.seconds}s", "--json", "--workers", str(args.workers),
     ]
-    database = folder / f"results-{name.replace('+', '-')}.db"
+    database = folder / f"results-{name.replace('+', '-')}-{round_}.db"
     command += ["--store", f"sqlite:///{database}"] if store else ["--no-store"]
     env = {**os.environ, "CXTEST_SANDBOX_URL": sandbox.url}
     proc = subprocess.Popen(
@@ -292,7 +311,7 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
 
     headers = ("side", "conv", "failed", "window s", "conv/s", "CPU s", "% core", "conv/CPU s", "p95 ms", "sandbox % core")
     table = Table(title=f"chat_balance.yaml at {args.rate:g} conversations/s against the sandbox bot, {args.seconds}s per side"
-                        f" (window from {args.warmup:g}s)")
+                        f" and round, {args.rounds} round{'s' if args.rounds > 1 else ''} (window from {args.warmup:g}s)")
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right")
     for s in sides:
@@ -311,14 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="seconds into each run before the window opens (default 3)")
     parser.add_argument("--workers", type=int, default=0, help="cxtest's worker processes (default 0: one per core)")
     parser.add_argument("--locust-users", type=int, default=0, help="Locust's users (default: rate / 5, at least 2)")
-    parser.add_argument("--quick", action="store_true", help="20 conversations/s for 6 s (unless given): the CI smoke run")
+    parser.add_argument("--rounds", type=int, help="rounds of the three sides, each round in another order (default 3)")
+    parser.add_argument("--quick", action="store_true", help="20 conversations/s for 6 s, one round (unless given): the CI smoke run")
     args = parser.parse_args(argv)
     # --quick only changes the defaults.
     args.rate = args.rate if args.rate is not None else (20.0 if args.quick else 100.0)
     args.seconds = args.seconds if args.seconds is not None else (6 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 3.0)
-    if args.rate <= 0 or args.seconds < 1 or not 0 <= args.warmup < args.seconds - 1:
-        parser.error("--rate must be positive, --seconds at least 1, --warmup at least 0 and under --seconds - 1")
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    if args.rate <= 0 or args.seconds < 1 or not 0 <= args.warmup < args.seconds - 1 or args.rounds < 1:
+        parser.error("--rate must be positive, --seconds at least 1, --warmup at least 0 and under --seconds - 1, --rounds at least 1")
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job may inherit SIGINT ignored
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))  # a CI timeout unwinds like Ctrl-C
@@ -328,17 +349,30 @@ def main(argv: list[str] | None = None) -> int:
     from chat_load import Sandbox
 
     started = time.perf_counter()
-    sides: list[Side] = []
     with tempfile.TemporaryDirectory(prefix="cxtest-stress-chat-") as tmp, Sandbox() as sandbox:
         folder = Path(tmp)
         # The scenario and a project file of its own in the temporary folder: no cxtest.yaml above it is picked up.
         scenario = folder / SCENARIO.name
         shutil.copy(SCENARIO, scenario)
         (folder / "cxtest.yaml").write_text("artifacts: artifacts\n")
-        print(f"{args.rate:g} conversations/s for {args.seconds}s: cxtest, cxtest with a store, then locust ...", flush=True)
-        sides.append(run_cxtest("cxtest", folder, scenario, args, sandbox, store=False))
-        sides.append(run_cxtest("cxtest+store", folder, scenario, args, sandbox, store=True))
-        sides.append(run_locust(folder, args, sandbox))
+        runs = {
+            "cxtest": lambda r: run_cxtest("cxtest", folder, scenario, args, sandbox, store=False, round_=r),
+            "cxtest+store": lambda r: run_cxtest("cxtest+store", folder, scenario, args, sandbox, store=True, round_=r),
+            "locust": lambda r: run_locust(folder, args, sandbox),
+        }
+        sides = [Side(name) for name in runs]
+        # This VM's speed drifts by a tenth from one minute to the next: sides measured one after
+        # the other in one order would carry that drift into their ratio. Each round runs them in
+        # another order, and the figures are the rounds' sums.
+        for r in range(args.rounds):
+            order = list(runs)[r % 3:] + list(runs)[: r % 3]
+            print(f"round {r + 1} of {args.rounds}: {args.rate:g} conversations/s for {args.seconds}s each: {', '.join(order)} ...", flush=True)
+            this_round = {name: runs[name](r) for name in order}
+            for side, name in zip(sides, runs):
+                side.add(this_round[name])
+            plain_r, stored_r, locust_r = (this_round[name] for name in runs)
+            print(f"  cxtest/locust per core this round: {plain_r.per_core / locust_r.per_core:.2f}x without a store,"
+                  f" {stored_r.per_core / locust_r.per_core:.2f}x with it", flush=True)
     report(sides, args)
     plain, stored, locust = sides
     for side in sides:
