@@ -23,11 +23,13 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from starlette.applications import Starlette
-
-from cxtest.sandbox.server import ThreadedServer  # noqa: F401 - re-exported for the probe tests
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from cxtest.sandbox.server import ThreadedServer
+
+__all__ = ["HOST", "PAGE", "ThreadedServer", "closed_port", "make_app", "raw_server"]  # ThreadedServer: the sandbox's, for the probe tests
 
 HOST = "127.0.0.1"
 
