@@ -321,22 +321,41 @@ class Metrics:
         self._parts.clear()
 
     def _flush_pending(self) -> None:
-        """Pending raw values into parts: scaled, rounded, clamped to the range, counted into buckets, one pass per metric.
+        """Pending raw values into parts: scaled, rounded, clamped to the range, counted into buckets.
 
         Parts, not histograms: a worker's second fills a few hundred of a histogram's 23,552
-        buckets, and only a reader needs them all.
+        buckets, and only a reader needs them all. Every metric in one numpy pass, keyed by
+        (metric, bucket): a chat scenario has 26 metrics, and numpy's cost per call, paid
+        per metric, was most of a worker's second at low rates.
         """
         self._unflushed = 0
-        for metric, values in self._pending.items():
-            if not values:
-                continue
-            scaled = np.asarray(values, dtype=np.float64) * scale_of(metric)
-            values.clear()  # the same list object stays: record() holds it in _targets
-            scaled = scaled[~np.isnan(scaled)]
-            if scaled.size:
-                # A value past one hour is kept as one hour, a negative one as 0: counted, never dropped.
-                units = np.clip(np.rint(scaled), 0, HIGHEST).astype(np.int64)
-                self._parts.setdefault(metric, []).append(Buckets.of_values(units))
+        pending = [(metric, values) for metric, values in self._pending.items() if values]
+        if not pending:
+            return
+        lengths = [len(values) for _, values in pending]
+        flat = np.fromiter((value for _, values in pending for value in values), dtype=np.float64, count=sum(lengths))
+        flat *= np.repeat([scale_of(metric) for metric, _ in pending], lengths)
+        owner = np.repeat(np.arange(len(pending)), lengths)
+        for _, values in pending:
+            values.clear()  # the same list objects stay: record() holds them in _targets
+        kept = ~np.isnan(flat)
+        if not kept.all():
+            flat, owner = flat[kept], owner[kept]
+        if not flat.size:
+            return
+        # A value past one hour is kept as one hour, a negative one as 0: counted, never dropped.
+        units = np.clip(np.rint(flat), 0, HIGHEST).astype(np.int64)
+        size = len(_layout()[3])
+        keys, counts = np.unique(owner * size + _indices(units), return_counts=True)
+        # owner is sorted (each metric's values are contiguous): one slice per metric that kept any.
+        present, starts = np.unique(owner, return_index=True)
+        smallest = np.minimum.reduceat(units, starts)
+        largest = np.maximum.reduceat(units, starts)
+        edges = np.searchsorted(keys, np.append(present, len(pending)) * size)
+        for i, number in enumerate(present.tolist()):
+            part = slice(edges[i], edges[i + 1])
+            buckets = Buckets(keys[part] - number * size, counts[part].astype(np.uint64), int(smallest[i]), int(largest[i]))
+            self._parts.setdefault(pending[number][0], []).append(buckets)
 
     def _all_parts(self) -> dict[str, Buckets]:
         """Per metric, everything recorded, as one Buckets (the histograms left as they are)."""
