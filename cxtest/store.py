@@ -46,10 +46,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from cxtest import logs
 from cxtest.errors import StoreError
 from cxtest.model import Artifact, CheckResult, Outcome, Result, StepResult
 
 __all__ = ["Store", "create_tables", "metadata", "redact_url"]
+
+log = logs.get_logger("cxtest.store")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 10
@@ -279,6 +282,7 @@ def _fold_step_tables(engine: Engine) -> None:
         if "steps" not in {c["name"] for c in inspect(conn).get_columns("results")}:
             conn.exec_driver_sql("ALTER TABLE results ADD COLUMN steps JSON NOT NULL DEFAULT '[]'")
         ids = conn.execute(select(results_table.c.id).order_by(results_table.c.id)).scalars().all()
+        log.info("folding the old steps and checks tables into their results, once", results=len(ids))
         for start in range(0, len(ids), _FOLD_BATCH):
             chunk = ids[start : start + _FOLD_BATCH]
             steps = conn.execute(
